@@ -1,0 +1,7 @@
+"""`python -m pymail` is the `pymail` command."""
+
+import sys
+
+from pymail.cli.main import main
+
+sys.exit(main())
