@@ -1,0 +1,251 @@
+"""FileBlobStore: message blobs as files, the embedded default `BlobStore`.
+
+Layout: ``root/ab/cd/<key>`` where ``key`` is the lower-case hex SHA-256 of the bytes and
+``ab``, ``cd`` are its first two byte pairs (65536 leaf directories at most, so no
+directory grows past a few thousand entries at a hundred million messages).
+
+Invariants:
+
+* A file named ``<key>`` is complete and its bytes hash to ``key``: it is written under a
+  temporary name in the same directory, flushed and fsynced, then renamed over the final
+  name (rename is atomic), then the directory is fsynced so the new name survives power
+  loss.  A directory this store creates has its parent fsynced too.
+* `put` returns only after all of that.  Putting bytes that are already stored is a no-op
+  apart from fsyncing the leaf directory (the name may have been made visible by a process
+  that was killed before its own directory fsync).
+* Temporary files are named ``.tmp-<key>-<random>``; `keys` never yields them and
+  `sweep_temp` removes the ones a crash left behind.
+* Blocking file I/O runs on this store's own thread pool, never on the event loop.
+* `OSError` becomes `StorageError`; an absent blob is `NotFound`.  A malformed key cannot
+  name a stored blob, so it is treated as absent (it never reaches the file system).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from pymail.store.interfaces import NotFound, StorageError
+
+__all__ = ["FileBlobStore"]
+
+_T = TypeVar("_T")
+_KEY_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_FANOUT_RE = re.compile(r"^[0-9a-f]{2}\Z")
+_TEMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the directory's entries (names created, renamed, removed) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """Immutable message bytes in files under `root` (see the module docstring)."""
+
+    def __init__(self, root: Path, *, max_threads: int = 8) -> None:
+        self.root = Path(root)
+        self._max_threads = max_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        try:
+            self._make_dirs(self.root, stop=Path(self.root.anchor))
+        except OSError as exc:
+            raise StorageError(f"cannot create blob directory {self.root}: {exc}") from exc
+
+    # ------------------------------------------------------------------ helpers
+
+    def path_for(self, key: str) -> Path:
+        """Where the blob `key` lives (whether or not it exists)."""
+        return self.root / key[0:2] / key[2:4] / key
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._closed:
+            raise StorageError("blob store is closed")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_threads, thread_name_prefix="pymail-blobs"
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except (NotFound, StorageError):
+            raise
+        except OSError as exc:
+            raise StorageError(f"blob store {self.root}: {exc}") from exc
+        except RuntimeError as exc:  # executor shut down underneath us
+            raise StorageError(f"blob store {self.root}: {exc}") from exc
+
+    def _make_dirs(self, leaf: Path, stop: Path | None = None) -> None:
+        """Create `leaf` and its missing parents below `stop` (default: root), fsyncing
+        the parent of each directory created."""
+        stop = self.root if stop is None else stop
+        missing: list[Path] = []
+        p = leaf
+        while p != stop and not p.is_dir():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
+            _fsync_dir(d.parent)
+
+    # ------------------------------------------------------------------ BlobStore
+
+    async def put(self, data: bytes) -> str:
+        """Store durably and return the key (see the module docstring for the protocol)."""
+        return await self._run(self._put_sync, bytes(data))
+
+    def _put_sync(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        path = self.path_for(key)
+        leaf = path.parent
+        if path.exists():
+            _fsync_dir(leaf)
+            return key
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{key}-", dir=leaf)
+        except FileNotFoundError:
+            self._make_dirs(leaf)
+            fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{key}-", dir=leaf)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(leaf)
+        return key
+
+    async def get(self, key: str) -> bytes:
+        """All bytes of the blob; `NotFound` if absent."""
+        if not _KEY_RE.match(key):
+            raise NotFound(f"no blob {key!r}")
+        return await self._run(self._read_sync, key, 0, None)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes from offset `start` (fewer at the end); `NotFound` if absent."""
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range start={start} length={length}")
+        if not _KEY_RE.match(key):
+            raise NotFound(f"no blob {key!r}")
+        return await self._run(self._read_sync, key, start, length)
+
+    def _read_sync(self, key: str, start: int, length: int | None) -> bytes:
+        try:
+            f = open(self.path_for(key), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise NotFound(f"no blob {key}") from None
+        with f:
+            if length is None:
+                return f.read()
+            if start:
+                f.seek(start)
+            return f.read(length)
+
+    async def exists(self, key: str) -> bool:
+        if not _KEY_RE.match(key):
+            return False
+        return await self._run(os.path.isfile, self.path_for(key))
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob durably; an absent key is not an error."""
+        if not _KEY_RE.match(key):
+            return
+        await self._run(self._delete_sync, key)
+
+    def _delete_sync(self, key: str) -> None:
+        path = self.path_for(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    async def keys(self) -> AsyncIterator[str]:
+        """Every stored key, one top-level directory per thread hop."""
+        tops = await self._run(self._list_fanout, self.root)
+        for top in tops:
+            for key in await self._run(self._list_keys_under, top):
+                yield key
+
+    @staticmethod
+    def _list_fanout(directory: Path) -> list[Path]:
+        try:
+            with os.scandir(directory) as it:
+                return sorted(
+                    Path(e.path) for e in it if _FANOUT_RE.match(e.name) and e.is_dir()
+                )
+        except FileNotFoundError:
+            return []
+
+    def _list_keys_under(self, top: Path) -> list[str]:
+        keys: list[str] = []
+        for mid in self._list_fanout(top):
+            try:
+                with os.scandir(mid) as it:
+                    keys.extend(e.name for e in it if _KEY_RE.match(e.name))
+            except FileNotFoundError:
+                continue
+        return keys
+
+    async def sweep_temp(self, older_than_seconds: float) -> int:
+        """Remove temporary files older than `older_than_seconds`; returns how many.
+
+        A temporary file is what a `put` interrupted by a crash leaves; a `put` in progress
+        holds its file for milliseconds, so an age of minutes is a safe threshold."""
+        return await self._run(self._sweep_temp_sync, time.time() - older_than_seconds)
+
+    def _sweep_temp_sync(self, cutoff: float) -> int:
+        removed = 0
+        for top in self._list_fanout(self.root):
+            for mid in self._list_fanout(top):
+                touched = False
+                try:
+                    with os.scandir(mid) as it:
+                        entries = [e for e in it if e.name.startswith(_TEMP_PREFIX)]
+                except FileNotFoundError:
+                    continue
+                for e in entries:
+                    try:
+                        if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(e.path)
+                            removed += 1
+                            touched = True
+                    except FileNotFoundError:
+                        continue
+                if touched:
+                    _fsync_dir(mid)
+        return removed
+
+    async def close(self) -> None:
+        """Wait for running operations and release the thread pool.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True)
+
+    def __repr__(self) -> str:
+        return f"FileBlobStore({str(self.root)!r})"

@@ -1,0 +1,299 @@
+"""The three storage interfaces every backend implements: BlobStore, Index, Directory.
+
+pymail keeps a message in two places (docs/architecture.md, "The storage model"):
+
+* a **blob**: the immutable raw RFC 5322 message, keyed by the SHA-256 of its bytes, so a
+  message for ten local recipients is stored once and a retried write is harmless;
+* the **index**: mailboxes and one row per (mailbox, message) with UID, flags, internal
+  date, size, MODSEQ and the ENVELOPE/BODYSTRUCTURE data computed once at delivery.
+
+The **directory** is the seed's schema (`domains`, `virtual_users`, `virtual_aliases`):
+who is a local domain, user or alias.
+
+Invariants every backend keeps (the conformance suite in tests/conformance checks them):
+
+* `BlobStore.put` returns only when the bytes are durable (file fsynced and renamed and the
+  directory fsynced, or the S3 PUT acknowledged).  Putting the same bytes twice is harmless.
+* `Index.deliver` is atomic: either every target mailbox got its row and the transaction is
+  durably committed, or nothing changed and a `StorageError` is raised.
+* UIDs in a mailbox are strictly ascending and never reused; UIDVALIDITY never changes for
+  the life of a mailbox; every change to a mailbox raises its HIGHESTMODSEQ.
+* Addresses and domain names are stored and compared in lower case.
+* Any failure of the backend itself (disk, network, database) is raised as `StorageError`
+  (temporary: the caller answers 4xx / NO [UNAVAILABLE]); `NotFound` and `AlreadyExists`
+  are answers about the data, not failures.
+
+Methods are coroutines; a backend may run blocking work in threads but never blocks the
+event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+#: The mailboxes every user has, with their RFC 6154 special-use attribute.  INBOX first.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+class StorageError(Exception):
+    """A backend failure (I/O, network, database).  Temporary: answer 4xx, retry later."""
+
+
+class NotFound(LookupError):
+    """The named domain, user, alias, mailbox or blob does not exist."""
+
+
+class AlreadyExists(ValueError):
+    """The domain, user, alias or mailbox to create exists already."""
+
+
+# --------------------------------------------------------------------------- directory
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A row of the seed's `domains` table."""
+
+    id: int
+    name: str  #: `domain_name`, lower case
+    transport: str  #: Postfix-style transport, `virtual:` for local delivery
+    company_id: int | None
+    auth_type: str  #: `local` or `ldap`
+    ldap_base_dn: str | None
+    is_active: bool
+    created_at: _dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A row of `virtual_users`: a mailbox owner who can log in."""
+
+    id: int
+    domain_id: int
+    address: str  #: `email`, lower case, `local@domain`
+    password_hash: str  #: Dovecot style `{SCHEME}hash`
+    quota: int  #: bytes, 0 = unlimited
+    is_active: bool
+    created_at: _dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A row of `virtual_aliases`: mail for `source` goes to `destination`.
+
+    `source` is `local@domain`, or `@domain` for a catch-all.  A source may have several
+    rows, one per destination.
+    """
+
+    id: int
+    domain_id: int
+    source: str
+    destination: str
+    is_active: bool
+
+
+@runtime_checkable
+class Directory(Protocol):
+    """Domains, users and aliases (the seed's schema)."""
+
+    async def add_domain(
+        self,
+        name: str,
+        *,
+        transport: str = "virtual:",
+        auth_type: str = "local",
+        ldap_base_dn: str | None = None,
+        company_id: int | None = None,
+    ) -> Domain:
+        """Create a domain; `AlreadyExists` if it does."""
+        ...
+
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def list_domains(self) -> list[Domain]: ...
+
+    async def set_domain_active(self, name: str, active: bool) -> None:
+        """`NotFound` if there is no such domain."""
+        ...
+
+    async def remove_domain(self, name: str) -> None:
+        """Remove the domain with its users, aliases, mailboxes; `NotFound` if absent."""
+        ...
+
+    async def add_user(self, address: str, password_hash: str, *, quota: int = 0) -> User:
+        """Create a user; `NotFound` if its domain does not exist, `AlreadyExists`."""
+        ...
+
+    async def get_user(self, address: str) -> User | None: ...
+
+    async def get_user_by_id(self, user_id: int) -> User | None: ...
+
+    async def list_users(self, domain: str | None = None) -> list[User]: ...
+
+    async def set_password(self, address: str, password_hash: str) -> None: ...
+
+    async def set_user_active(self, address: str, active: bool) -> None: ...
+
+    async def remove_user(self, address: str) -> None:
+        """Remove the user and its mailboxes and messages; `NotFound` if absent."""
+        ...
+
+    async def add_alias(self, source: str, destinations: Sequence[str]) -> list[Alias]:
+        """Add one row per destination; existing (source, destination) pairs are kept.
+
+        `NotFound` if the source's domain is not a local domain."""
+        ...
+
+    async def get_alias_destinations(self, source: str) -> list[str]:
+        """Destinations of the *active* rows for exactly `source` (no catch-all logic)."""
+        ...
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
+
+    async def remove_alias(self, source: str, destination: str | None = None) -> int:
+        """Remove rows for `source` (one destination, or all); `NotFound` if none."""
+        ...
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A user's folder as IMAP sees it (RFC 3501 section 2.3.1.1 for the UID rules)."""
+
+    id: int
+    user_id: int
+    name: str  #: hierarchy separator "/", INBOX spelled "INBOX"
+    special_use: str | None  #: RFC 6154 attribute, e.g. "\\Sent"
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message in one mailbox."""
+
+    mailbox_id: int
+    uid: int
+    blob_key: str
+    size: int  #: RFC822.SIZE: octets of the stored blob
+    internal_date: _dt.datetime  #: timezone-aware
+    flags: frozenset[str]  #: system flags ("\\Seen") and keywords
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    """Where one copy goes: a user's mailbox (INBOX unless a filter says otherwise)."""
+
+    user_id: int
+    mailbox: str = "INBOX"
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stored blob to be indexed into several mailboxes in one transaction."""
+
+    blob_key: str
+    size: int
+    internal_date: _dt.datetime
+    #: JSON text from `pymail.mail.mime.MessageStructure.to_json()`: ENVELOPE and
+    #: BODYSTRUCTURE with part offsets, stored once per blob.
+    structure: str
+    targets: Sequence[DeliveryTarget] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where one target's copy landed."""
+
+    user_id: int
+    mailbox_id: int
+    uid: int
+
+
+@runtime_checkable
+class Index(Protocol):
+    """Mailboxes and messages (what IMAP and POP3 read without touching a blob)."""
+
+    async def ensure_default_mailboxes(self, user_id: int) -> None:
+        """Create whichever of DEFAULT_MAILBOXES the user lacks (idempotent)."""
+        ...
+
+    async def create_mailbox(
+        self, user_id: int, name: str, special_use: str | None = None
+    ) -> Mailbox:
+        """`AlreadyExists` if the user has a mailbox of that name."""
+        ...
+
+    async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None: ...
+
+    async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
+
+    async def deliver(self, delivery: Delivery) -> list[Stored]:
+        """Index one blob into every target mailbox, atomically and durably.
+
+        A target whose mailbox does not exist gets the user's default mailboxes created;
+        if its mailbox is still missing the copy goes to INBOX.  Targets are stored in the
+        order given; the result is in the same order."""
+        ...
+
+    async def list_messages(
+        self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None
+    ) -> list[MessageRecord]:
+        """Messages in UID order (inclusive range)."""
+        ...
+
+    async def get_structure(self, blob_key: str) -> str | None:
+        """The JSON structure stored with the blob at delivery."""
+        ...
+
+    async def blob_referenced(self, blob_key: str) -> bool:
+        """Whether any message row refers to the blob (the orphan sweeper asks this)."""
+        ...
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Immutable message bytes keyed by the lower-case hex SHA-256 of the bytes."""
+
+    async def put(self, data: bytes) -> str:
+        """Store durably and return the key.  Same bytes, same key; a repeat is a no-op."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """All bytes; `NotFound` if absent."""
+        ...
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (fewer at the end); `NotFound` if absent."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob; deleting an absent key is not an error."""
+        ...
+
+    def keys(self) -> AsyncIterator[str]:
+        """Every stored key, in no particular order."""
+        ...
+
+    async def close(self) -> None: ...
