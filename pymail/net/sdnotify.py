@@ -1,0 +1,72 @@
+"""systemd ``Type=notify`` readiness: tell the service manager we are up or stopping.
+
+The protocol (sd_notify(3), "Notification socket" in systemd.exec(5)): when systemd starts
+a ``Type=notify`` service it sets ``$NOTIFY_SOCKET`` to an ``AF_UNIX`` datagram socket —
+a file system path, or an abstract-namespace name written with a leading ``@`` — and the
+service sends newline-separated ``VARIABLE=value`` assignments in one datagram each:
+``READY=1`` once every listener is bound, ``STOPPING=1`` when shutdown begins,
+``STATUS=...`` free text shown by ``systemctl status``.
+
+Invariants:
+
+* Nothing here raises: no ``$NOTIFY_SOCKET`` (not run by systemd), an unsupported
+  address (e.g. ``vsock:``), a missing socket or a failed send all return ``False`` and
+  log at debug level only.  Readiness reporting must never stop the mail server.
+* One datagram per call, sent on a fresh unconnected socket; no state is kept, so it is
+  safe to call from any thread or after a fork.
+* A ``STATUS=`` text is a single line: newlines would inject further assignments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+__all__ = ["notify", "ready", "status", "stopping"]
+
+log = logging.getLogger(__name__)
+
+
+def notify(message: str) -> bool:
+    """Send ``message`` to ``$NOTIFY_SOCKET``; True if it was sent, False otherwise."""
+    try:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if not address:
+            return False
+        if address.startswith("@"):  # abstract namespace: leading NUL byte (unix(7))
+            address = "\0" + address[1:]
+        elif not address.startswith("/"):
+            log.debug("sd_notify: unsupported NOTIFY_SOCKET address %r", address)
+            return False
+        data = message.encode("utf-8")
+        if not data:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sent = sock.sendto(data, address)
+        if sent != len(data):  # datagrams are all or nothing; belt and braces
+            log.debug("sd_notify: short send (%d of %d bytes)", sent, len(data))
+            return False
+        return True
+    except Exception as exc:
+        log.debug("sd_notify: could not send %r: %s", message, exc)
+        return False
+
+
+def ready() -> bool:
+    """Tell systemd the service is ready (every listener bound): ``READY=1``."""
+    return notify("READY=1")
+
+
+def stopping() -> bool:
+    """Tell systemd the service is shutting down: ``STOPPING=1``."""
+    return notify("STOPPING=1")
+
+
+def status(text: str) -> bool:
+    """Set the one-line status ``systemctl status`` shows: ``STATUS=<text>``."""
+    try:
+        line = " ".join(str(text).splitlines())
+    except Exception:
+        return False
+    return notify("STATUS=" + line)
