@@ -1,0 +1,221 @@
+"""Composition root: config → storage → services; start, run until a signal, stop.
+
+Start order: certificates (embedded default), storage opened and migrated, then each
+listener bound; only then readiness is reported (log lines naming every address, and
+`READY=1` to systemd).  Stop order (SIGTERM/SIGINT): stop accepting, let deliveries in
+progress finish within the grace period, say 421 to idle sessions, close storage.  A
+second signal during the stop ends the process at once.
+
+With `server.workers > 1` the parent prepares storage and certificates, then forks that
+many worker processes which each bind the same ports with SO_REUSEPORT and open their
+own storage connections; the parent forwards signals and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from pymail.config import Config
+from pymail.config.schema import split_hostport
+from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.router import Router
+from pymail.net import sdnotify
+from pymail.net.certs import ensure_embedded_certificates
+from pymail.net.smtp import MxHandler, SmtpService
+from pymail.store import Store, open_store
+
+log = logging.getLogger("pymail")
+
+#: Services named in [listen] that this version does not serve yet.
+NOT_YET_SERVED = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr (journald adds its own timestamps and unit name)."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        force=True,
+    )
+    # aiosmtpd logs every command at INFO; its lines are debugging material.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+class StartupError(Exception):
+    """pymail cannot start; the message is one line for the operator."""
+
+
+async def prepare_storage(config: Config) -> Store:
+    """Open and migrate the configured storage, with errors as one line."""
+    try:
+        store = open_store(config.index_url, config.blobs_url)
+        await store.migrate()
+    except Exception as e:  # any backend error at start is fatal, named
+        raise StartupError(f"storage: {e}") from None
+    return store
+
+
+def prepare_tls(config: Config) -> None:
+    """Make the embedded default's CA and certificate, or check the configured files."""
+    if config.tls.cert is None:
+        try:
+            files = ensure_embedded_certificates(config.tls_dir, config.server.hostname)
+        except OSError as e:
+            raise StartupError(f"tls: cannot create certificates in {config.tls_dir}: {e}") from None
+        log.info("TLS certificate %s (clients trust the CA %s)", files.cert, files.ca)
+    else:
+        for path in (config.tls.cert, config.tls.key):
+            if not os.access(path, os.R_OK):
+                raise StartupError(f"tls: cannot read {path}")
+
+
+@dataclass
+class Worker:
+    """One process's services over one storage connection set."""
+
+    config: Config
+    reuse_port: bool = False
+    store: Store | None = None
+    services: list[SmtpService] = field(default_factory=list)
+
+    async def start(self) -> list[str]:
+        cfg = self.config
+        self.store = await prepare_storage(cfg)
+        handler = MxHandler(
+            router=Router(self.store.directory),
+            deliverer=LocalDeliverer(self.store.blobs, self.store.index),
+            hostname=cfg.server.hostname,
+            max_recipients=cfg.limits.recipients,
+        )
+        lines = []
+        if cfg.listen.smtp:
+            smtp = SmtpService(
+                "smtp",
+                [split_hostport(a) for a in cfg.listen.smtp],
+                handler,
+                hostname=cfg.server.hostname,
+                message_size=cfg.limits.message_size,
+                timeout=cfg.limits.smtp_timeout,
+                reuse_port=self.reuse_port,
+            )
+            try:
+                bound = await smtp.start()
+            except OSError as e:
+                raise StartupError(f"listen.smtp: cannot listen on {cfg.listen.smtp}: {e.strerror or e}") from None
+            self.services.append(smtp)
+            lines += [f"smtp listening on {a}" for a in bound]
+        return lines
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self.services))
+        if self.store is not None:
+            await self.store.close()
+
+
+async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
+    worker = Worker(config, reuse_port=reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        lines = await worker.start()
+    except BaseException:
+        await worker.stop()
+        raise
+    if announce:
+        for line in lines:
+            log.info(line)
+        sdnotify.ready()
+    await stop.wait()
+    log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
+    sdnotify.stopping()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
+        loop.add_signal_handler(sig, lambda: os._exit(1))
+    await worker.stop()
+    log.info("stopped")
+
+
+def _event_loop_runner():
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run
+    return uvloop.run
+
+
+def announce_config(config: Config) -> None:
+    log.info("data in %s (index %s, blobs %s)", config.server.data_dir, config.index_url, config.blobs_url)
+    for name in NOT_YET_SERVED:
+        addresses = getattr(config.listen, name)
+        if addresses:
+            log.warning("%s (%s) is not served by this version of pymail", name, ", ".join(addresses))
+
+
+def serve(config: Config) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT.  Returns the exit code."""
+    setup_logging(config.server.log_level)
+    run = _event_loop_runner()
+    try:
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_tls(config)
+        announce_config(config)
+        if config.server.workers == 1:
+            run(_run_worker(config, reuse_port=False, announce=True))
+            return 0
+        # Prefork: storage is migrated once here, before any thread exists.
+        async def migrate_once() -> None:
+            store = await prepare_storage(config)
+            await store.close()
+
+        run(migrate_once())
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return _prefork(config, run)
+
+
+def _prefork(config: Config, run) -> int:
+    children: list[int] = []
+    for index in range(config.server.workers):
+        pid = os.fork()
+        if pid == 0:  # worker
+            code = 0
+            try:
+                run(_run_worker(config, reuse_port=True, announce=index == 0))
+            except StartupError as e:
+                log.error("worker %d cannot start: %s", index, e)
+                code = 1
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    log.info("started %d worker processes", len(children))
+
+    def forward(signum, _frame):
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) if os.waitstatus_to_exitcode(status) > 0 else 0)
+    return worst

@@ -1,0 +1,307 @@
+"""The `pymail` command (docs/INTERFACE.md, "The `pymail` command").
+
+Exit codes: 0 success; 1 a user error (bad config, unknown user, storage unreachable),
+reported as one line on stderr without a traceback; 2 bad usage (unknown command or
+option), also one line.  Passwords are read from a terminal without echo or, with
+`--password-stdin`, from the first line of standard input; they are never logged,
+printed or put in an error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+from pymail.config import ConfigError, config_as_toml, load_config
+from pymail.config.schema import Config, parse_size
+from pymail.mail.address import AddressError, parse_mailbox
+from pymail.store import AlreadyExists, NotFound, StorageError, Store, open_store
+
+PROG = "pymail"
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: usage error: {message} (see {PROG} --help)\n")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _domain_name(text: str) -> str:
+    """A domain name as the directory stores it (lower case, A-labels)."""
+    try:
+        mailbox = parse_mailbox(f"postmaster@{text}")
+    except AddressError as e:
+        raise UserError(f"invalid domain name {text!r}: {e}") from None
+    if mailbox.is_literal:
+        raise UserError(f"invalid domain name {text!r}: an address literal is not a domain")
+    return mailbox.domain
+
+
+def _address(text: str, what: str = "address") -> str:
+    try:
+        mailbox = parse_mailbox(text)
+    except AddressError as e:
+        raise UserError(f"invalid {what} {text!r}: {e}") from None
+    if mailbox.is_literal:
+        raise UserError(f"invalid {what} {text!r}: the domain must be a name")
+    return mailbox.address
+
+
+def _alias_source(text: str) -> str:
+    """`user@domain`, or `@domain` for a catch-all."""
+    if text.startswith("@"):
+        return "@" + _domain_name(text[1:])
+    return _address(text, "alias source")
+
+
+def _alias_destination(text: str) -> str:
+    if text.startswith("@"):  # domain alias: keep the local part
+        return "@" + _domain_name(text[1:])
+    return _address(text, "alias destination")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UserError("the passwords do not match")
+    else:
+        raise UserError("no terminal to ask for the password: use --password-stdin")
+    if not password:
+        raise UserError("the password is empty")
+    return password
+
+
+def _hash(password: str) -> str:
+    from pymail.auth.passwords import hash_password
+
+    return hash_password(password)
+
+
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
+    try:
+        store = open_store(config.index_url, config.blobs_url)
+    except (ValueError, StorageError, OSError) as e:
+        raise UserError(f"storage: {e}") from None
+    try:
+        await store.migrate()
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _yes_no(flag: bool) -> str:
+    return "active" if flag else "disabled"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from pymail.app import serve
+
+    return serve(config)
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    sys.stdout.write(config_as_toml(config))
+    return 0
+
+
+def cmd_db_migrate(config: Config, args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        print(f"schema is up to date ({config.index_url})")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
+def cmd_domain(config: Config, args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        directory = store.directory
+        if args.action == "add":
+            name = _domain_name(args.name)
+            if args.auth == "ldap" and not args.ldap_base_dn:
+                raise UserError("--auth ldap needs --ldap-base-dn")
+            domain = await directory.add_domain(
+                name, transport=args.transport, auth_type=args.auth, ldap_base_dn=args.ldap_base_dn
+            )
+            print(f"domain {domain.name} added")
+        elif args.action == "list":
+            for d in await directory.list_domains():
+                extra = f" ldap_base_dn={d.ldap_base_dn}" if d.ldap_base_dn else ""
+                print(f"{d.name}\t{_yes_no(d.is_active)}\tauth={d.auth_type}\ttransport={d.transport}{extra}")
+        elif args.action == "remove":
+            await directory.remove_domain(_domain_name(args.name))
+            print(f"domain {args.name.lower()} removed")
+        elif args.action in ("disable", "enable"):
+            await directory.set_domain_active(_domain_name(args.name), args.action == "enable")
+            print(f"domain {args.name.lower()} {args.action}d")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
+def cmd_user(config: Config, args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        directory = store.directory
+        if args.action == "add":
+            address = _address(args.address)
+            quota = _quota(args.quota)
+            domain = await directory.get_domain(address.rpartition("@")[2])
+            if domain is None:
+                raise UserError(f"domain {address.rpartition('@')[2]} does not exist: add it first with '{PROG} domain add'")
+            password_hash = _hash(_read_password(args))
+            user = await directory.add_user(address, password_hash, quota=quota)
+            await store.index.ensure_default_mailboxes(user.id)
+            print(f"user {user.address} added")
+        elif args.action == "passwd":
+            address = _address(args.address)
+            if await directory.get_user(address) is None:
+                raise NotFound(f"user {address} does not exist")
+            await directory.set_password(address, _hash(_read_password(args)))
+            print(f"password of {address} changed")
+        elif args.action == "list":
+            domain = _domain_name(args.domain) if args.domain else None
+            for u in await directory.list_users(domain):
+                quota = f"{u.quota}" if u.quota else "unlimited"
+                print(f"{u.address}\t{_yes_no(u.is_active)}\tquota={quota}")
+        elif args.action == "remove":
+            await directory.remove_user(_address(args.address))
+            print(f"user {args.address.lower()} removed")
+        elif args.action in ("disable", "enable"):
+            await directory.set_user_active(_address(args.address), args.action == "enable")
+            print(f"user {args.address.lower()} {args.action}d")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
+def _quota(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        return parse_size(int(text) if text.isdigit() else text)
+    except ValueError as e:
+        raise UserError(f"--quota: {e}") from None
+
+
+def cmd_alias(config: Config, args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        directory = store.directory
+        if args.action == "add":
+            source = _alias_source(args.source)
+            destinations = [_alias_destination(d) for d in args.destinations]
+            await directory.add_alias(source, destinations)
+            print(f"alias {source} -> {', '.join(destinations)}")
+        elif args.action == "list":
+            for a in await directory.list_aliases(_domain_name(args.domain) if args.domain else None):
+                print(f"{a.source}\t{a.destination}\t{_yes_no(a.is_active)}")
+        elif args.action == "remove":
+            source = _alias_source(args.source)
+            destination = _alias_destination(args.destination) if args.destination else None
+            count = await directory.remove_alias(source, destination)
+            print(f"removed {count} alias row(s) for {source}")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="pymail: one asyncio mail server.")
+    parser.add_argument(
+        "--config", metavar="FILE", help="the TOML config (default: $PYMAIL_CONFIG, else the embedded default)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str, handler: Callable[..., int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="the TOML config")
+        p.set_defaults(handler=handler)
+        return p
+
+    command("serve", "run the daemon in the foreground", cmd_serve)
+    command("check-config", "validate the config and print the effective settings", cmd_check_config)
+
+    db = command("db", "index schema", cmd_db_migrate)
+    db_sub = db.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    db_sub.add_parser("migrate", help="create or upgrade the index schema (idempotent)")
+
+    domain = command("domain", "manage domains", cmd_domain)
+    d_sub = domain.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    d_add = d_sub.add_parser("add", help="add a domain")
+    d_add.add_argument("name")
+    d_add.add_argument("--transport", default="virtual:", help="domains.transport (default virtual:)")
+    d_add.add_argument("--auth", choices=("local", "ldap"), default="local", help="domains.auth_type")
+    d_add.add_argument("--ldap-base-dn", metavar="DN", help="domains.ldap_base_dn (with --auth ldap)")
+    d_sub.add_parser("list", help="list domains")
+    for verb in ("remove", "disable", "enable"):
+        d_sub.add_parser(verb, help=f"{verb} a domain").add_argument("name")
+
+    user = command("user", "manage users (mailbox owners)", cmd_user)
+    u_sub = user.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    u_add = u_sub.add_parser("add", help="add a user; the password is asked for, or read with --password-stdin")
+    u_add.add_argument("address")
+    u_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    u_add.add_argument("--quota", metavar="SIZE", help="mailbox quota, e.g. 2GB (default unlimited)")
+    u_pw = u_sub.add_parser("passwd", help="change a user's password")
+    u_pw.add_argument("address")
+    u_pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    u_sub.add_parser("list", help="list users").add_argument("domain", nargs="?")
+    for verb in ("remove", "disable", "enable"):
+        u_sub.add_parser(verb, help=f"{verb} a user").add_argument("address")
+
+    alias = command("alias", "manage aliases (virtual_aliases)", cmd_alias)
+    a_sub = alias.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    a_add = a_sub.add_parser("add", help="mail for SOURCE (user@domain or @domain) goes to each DEST")
+    a_add.add_argument("source")
+    a_add.add_argument("destinations", nargs="+", metavar="DEST")
+    a_sub.add_parser("list", help="list aliases").add_argument("domain", nargs="?")
+    a_rm = a_sub.add_parser("remove", help="remove an alias (all its destinations, or one)")
+    a_rm.add_argument("source")
+    a_rm.add_argument("destination", nargs="?")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return args.handler(config, args)
+    except ConfigError as e:
+        print(f"{PROG}: config error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except NotFound as e:
+        print(f"{PROG}: error: not found: {e}", file=sys.stderr)
+    except AlreadyExists as e:
+        print(f"{PROG}: error: already exists: {e}", file=sys.stderr)
+    except StorageError as e:
+        print(f"{PROG}: error: storage: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
