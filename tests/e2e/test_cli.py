@@ -1,0 +1,192 @@
+"""The `pymail` command: directory management, config checking, and one-line errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pymail_harness import REPO, PymailServer
+
+
+def run(*args: str, input: str | None = None, env_extra: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYMAIL_")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "pymail", *args], input=input, capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=60)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> PymailServer:
+    return PymailServer(tmp_path)  # not started: the CLI works on the storage directly
+
+
+def test_directory_round_trip(srv: PymailServer) -> None:
+    assert "added" in srv.cli("domain", "add", "Example.TEST").stdout
+    srv.cli("domain", "add", "ldap.example", "--auth", "ldap", "--ldap-base-dn", "ou=people,dc=ldap,dc=example")
+    listing = srv.cli("domain", "list").stdout
+    assert "example.test\tactive\tauth=local\ttransport=virtual:" in listing
+    assert "ldap.example\tactive\tauth=ldap" in listing and "ldap_base_dn=ou=people" in listing
+
+    srv.cli("user", "add", "Alice@Example.test", "--password-stdin", "--quota", "2GB", input="pw one\n")
+    assert srv.cli("user", "list").stdout.strip() == f"alice@example.test\tactive\tquota={2 * 1024**3}"
+    srv.cli("user", "passwd", "alice@example.test", "--password-stdin", input="pw two\n")
+    srv.cli("alias", "add", "info@example.test", "alice@example.test", "bob@remote.example")
+    assert srv.cli("alias", "list").stdout.splitlines() == [
+        "info@example.test\talice@example.test\tactive",
+        "info@example.test\tbob@remote.example\tactive",
+    ]
+    srv.cli("alias", "remove", "info@example.test", "bob@remote.example")
+    assert len(srv.cli("alias", "list").stdout.splitlines()) == 1
+
+    # the default mailboxes exist with their special-use flags
+    import asyncio
+
+    async def mailboxes() -> list[tuple[str, str | None]]:
+        store = srv.store()
+        try:
+            user = await store.directory.get_user("alice@example.test")
+            assert user is not None
+            from pymail.auth.passwords import verify_password
+
+            assert verify_password("pw two", user.password_hash)
+            assert user.password_hash.startswith("{ARGON2ID}$argon2id$")
+            return [(m.name, m.special_use) for m in await store.index.list_mailboxes(user.id)]
+        finally:
+            await store.close()
+
+    assert sorted(asyncio.run(mailboxes())) == sorted([
+        ("INBOX", None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"), ("Archive", "\\Archive"),
+    ])
+
+    srv.cli("user", "remove", "alice@example.test")
+    assert srv.cli("user", "list").stdout == ""
+    srv.cli("domain", "remove", "example.test")
+    assert "example.test" not in srv.cli("domain", "list").stdout
+
+
+def test_password_never_echoed_or_logged(srv: PymailServer) -> None:
+    srv.cli("domain", "add", "example.test")
+    result = srv.cli("user", "add", "a@example.test", "--password-stdin", input="Sup3r-S3cret\n")
+    assert "Sup3r-S3cret" not in result.stdout + result.stderr
+    failed = srv.cli("user", "add", "a@example.test", "--password-stdin", input="Sup3r-S3cret\n", check=False)
+    assert "Sup3r-S3cret" not in failed.stdout + failed.stderr
+    assert one_line_error(failed).startswith("pymail: error: already exists")
+
+
+def test_db_migrate_is_idempotent(srv: PymailServer) -> None:
+    first = srv.cli("db", "migrate")
+    srv.cli("domain", "add", "example.test")
+    second = srv.cli("db", "migrate")
+    assert first.stdout == second.stdout
+    assert "example.test" in srv.cli("domain", "list").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["domain", "add", "bad_domain!"], None, "invalid domain name"),
+        (["user", "add", "nobody@missing.example", "--password-stdin"], "x\n", "does not exist"),
+        (["user", "add", "not-an-address", "--password-stdin"], "x\n", "invalid address"),
+        (["user", "add", "u@example.test", "--password-stdin"], "\n", "password is empty"),
+        (["user", "add", "u@example.test"], "", "use --password-stdin"),
+        (["user", "add", "u@example.test", "--password-stdin", "--quota", "lots"], "x\n", "--quota"),
+        (["user", "remove", "ghost@example.test"], None, "not found"),
+        (["domain", "remove", "ghost.example"], None, "not found"),
+        (["alias", "add", "a@unknown.example", "b@example.test"], None, "not found"),
+        (["domain", "add", "example.test", "--auth", "ldap"], None, "--ldap-base-dn"),
+    ],
+)
+def test_bad_cli_input_is_one_line(srv: PymailServer, args: list[str], stdin: str | None, message: str) -> None:
+    srv.cli("domain", "add", "example.test", check=False)
+    result = srv.cli(*args, input=stdin, check=False)
+    line = one_line_error(result)
+    assert line.startswith("pymail: error:") and message in line, line
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["user"], ["domain", "add"], ["serve", "--bogus"], []])
+def test_bad_usage_exits_2_with_one_line(args: list[str]) -> None:
+    line = one_line_error(run(*args), code=2)
+    assert line.startswith("pymail") and "usage error" in line
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[server]\nhostnam = "x"\n', "server.hostnam: unknown key"),
+        ('[limits]\nmessage_size = "lots"\n', "limits.message_size: invalid size"),
+        ('[listen]\nsmtp = ["127.0.0.1"]\n', "listen.smtp.0: invalid address"),
+        ('[listen]\nsmtp = "127.0.0.1:25"\n', "listen.smtp"),
+        ('[server]\nworkers = 0\n', "server.workers"),
+        ('[storage]\nindex = "mysql://db"\n', "storage.index: unsupported"),
+        ('[tls]\ncert = "/etc/x.pem"\n', "tls: set both cert and key"),
+        ("[server\n", "TOML syntax error"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    for command in (["check-config"], ["serve"]):
+        line = one_line_error(run("--config", str(path), *command))
+        assert line.startswith("pymail: config error:") and message in line, line
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    line = one_line_error(run("--config", str(tmp_path / "nope.toml"), "check-config"))
+    assert "nope.toml: cannot read" in line
+
+
+def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+    result = run("check-config", env_extra={"PYMAIL_DATA": str(tmp_path / "d")})
+    assert result.returncode == 0, result.stderr
+    assert f'data_dir = "{tmp_path / "d"}"' in result.stdout
+    assert 'smtp = ["127.0.0.1:2525"]' in result.stdout
+    assert "message_size = 104857600" in result.stdout
+    assert f"# index = sqlite://{tmp_path / 'd' / 'index.sqlite3'}" in result.stdout
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    """conf/pymail.toml validates and names every key of the schema."""
+    from pymail.config import load_config
+    from pymail.config.schema import Config
+
+    example = REPO / "conf" / "pymail.toml"
+    load_config(example)
+    text = example.read_text()
+
+    def keys(model: type, prefix: str) -> list[tuple[str, str]]:
+        out = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                out.append((prefix, name))
+                out += keys(annotation, f"{prefix}.{name}" if prefix else name)
+            else:
+                out.append((prefix, name))
+        return out
+
+    found: set[tuple[str, str]] = set()
+    section = ""
+    for line in text.splitlines():
+        if m := re.match(r"^(?:# )?\[([a-z0-9_.]+)\]\s*$", line):
+            section = m.group(1)
+            found.add(("", section))
+        elif m := re.match(r"^(?:# )?([a-z0-9_]+) = ", line):
+            found.add((section, m.group(1)))
+    for section_name, name in keys(Config, ""):
+        assert (section_name, name) in found, f"{section_name}.{name} is not in conf/pymail.toml"

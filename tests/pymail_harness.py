@@ -1,0 +1,146 @@
+"""Run a real pymail server process for the end-to-end tests, and talk to it.
+
+`PymailServer` writes a config into a temporary directory, starts `python -m pymail
+serve --config ...` as a child process on free loopback ports, waits until the log says
+it listens, and gives the tests: the address, the CLI (`cli(...)`), the store read back
+through the `Index`/`BlobStore` interfaces (`store()`), and stop/kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pymail.store import Store, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PymailServer:
+    """A pymail child process with its own data directory and config."""
+
+    def __init__(self, workdir: Path, *, extra_config: str = "", hostname: str = "mx.test.example",
+                 workers: int = 1) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.port = free_port()
+        self.config_path = workdir / "pymail.toml"
+        self.log_path = workdir / "pymail.log"
+        self.config_path.write_text(
+            f"""
+[server]
+hostname = "{hostname}"
+data_dir = "{self.data_dir}"
+workers = {workers}
+
+[listen]
+smtp = ["127.0.0.1:{self.port}"]
+submission = []
+submissions = []
+imap = []
+imaps = []
+pop3 = []
+pop3s = []
+http = []
+{extra_config}
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- process ----------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYMAIL_CONFIG", None)
+        env.pop("PYMAIL_DATA", None)
+        return env
+
+    def start(self, timeout: float = 30.0) -> "PymailServer":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pymail", "serve", "--config", str(self.config_path)],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pymail exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(512).startswith(b"220"):
+                        return self
+            time.sleep(0.05)
+        raise RuntimeError(f"pymail did not start:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.log_file.close()
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.log_file.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- CLI and storage --------------------------------------------------------------
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pymail", "--config", str(self.config_path), *args],
+            input=input, capture_output=True, text=True, env=self.env, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pymail {' '.join(args)} -> {result.returncode}: {result.stderr}")
+        return result
+
+    def add_user(self, address: str, password: str = "secret-pw") -> None:
+        domain = address.rpartition("@")[2]
+        if domain not in self.cli("domain", "list").stdout.split():
+            self.cli("domain", "add", domain)
+        self.cli("user", "add", address, "--password-stdin", input=password + "\n")
+
+    def store(self) -> Store:
+        return open_store(
+            f"sqlite://{self.data_dir / 'index.sqlite3'}", f"file://{self.data_dir / 'blobs'}"
+        )
+
+    def inbox(self, address: str, mailbox: str = "INBOX") -> list[tuple[int, bytes, frozenset[str]]]:
+        """[(uid, blob bytes, flags)] of a user's mailbox, in UID order, via the interfaces."""
+
+        async def read() -> list[tuple[int, bytes, frozenset[str]]]:
+            store = self.store()
+            try:
+                user = await store.directory.get_user(address)
+                assert user is not None, f"no user {address}"
+                box = await store.index.get_mailbox(user.id, mailbox)
+                if box is None:
+                    return []
+                rows = await store.index.list_messages(box.id)
+                return [(r.uid, await store.blobs.get(r.blob_key), r.flags) for r in rows]
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
