@@ -155,10 +155,10 @@ def _event_loop_runner():
 
 def announce_config(config: Config) -> None:
     log.info("data in %s (index %s, blobs %s)", config.server.data_dir, config.index_url, config.blobs_url)
-    for name in NOT_YET_SERVED:
-        addresses = getattr(config.listen, name)
-        if addresses:
-            log.warning("%s (%s) is not served by this version of pymail", name, ", ".join(addresses))
+    unserved = [f"{name} {' '.join(getattr(config.listen, name))}" for name in NOT_YET_SERVED
+                if getattr(config.listen, name)]
+    if unserved:
+        log.warning("not served by this version of pymail: %s", ", ".join(unserved))
 
 
 def serve(config: Config) -> int:

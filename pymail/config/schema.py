@@ -60,6 +60,11 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _default_hostname() -> str:
+    fqdn = socket.getfqdn()
+    return socket.gethostname() if fqdn.startswith("localhost") else fqdn
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("PYMAIL_DATA") or "pymail-data").absolute()
 
@@ -70,7 +75,7 @@ class _Section(BaseModel):
 
 class ServerConfig(_Section):
     hostname: str = Field(
-        default_factory=socket.getfqdn,
+        default_factory=lambda: _default_hostname(),
         description="This server's host name: SMTP banner and HELO, Received headers, "
         "the name the certificate is made for.",
     )
