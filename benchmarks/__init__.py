@@ -1,0 +1,1 @@
+"""pymail benchmarks (see benchmarks/README.md).  Run one with `scripts/bench.sh`."""
