@@ -266,8 +266,49 @@ class Index(Protocol):
         """Whether any message row refers to the blob (the orphan sweeper asks this)."""
         ...
 
+    async def forget_blob(self, blob_key: str) -> bool:
+        """Drop the blob's stored structure if no message row refers to it, atomically.
+
+        True if the blob is now unknown to the index (it may be deleted from the
+        BlobStore); False if a message still refers to it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChange:
+    """A committed change to one mailbox (a delivery today; flags and expunges later)."""
+
+    user_id: int
+    mailbox_id: int
+    uidnext: int
+    highestmodseq: int
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """Optional index capability: hear about committed mailbox changes as they happen,
+    from every process and node sharing the index (IMAP IDLE listens here).
+
+    `watch()` yields changes committed after the iterator started, in commit order per
+    mailbox; a change may be reported more than once (after a reconnect), never lost
+    while the iterator runs.  Closing the iterator (aclose) stops listening."""
+
+    def watch(self) -> AsyncIterator[MailboxChange]: ...
+
 
 # --------------------------------------------------------------------------- blobs
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What a listing says about one blob."""
+
+    key: str
+    size: int
+    #: When the blob was last written.  A `put` of bytes already stored counts as a
+    #: write (it renews this time), so the orphan sweeper's grace period protects a
+    #: delivery that is between its `put` and its index commit.
+    modified: _dt.datetime
 
 
 @runtime_checkable
@@ -292,8 +333,23 @@ class BlobStore(Protocol):
         """Remove the blob; deleting an absent key is not an error."""
         ...
 
+    async def delete_if_stale(self, key: str, cutoff: _dt.datetime) -> bool:
+        """Delete the blob only if it was last written before `cutoff` (the orphan
+        sweeper's delete); True if it was deleted.  A concurrent `put` of the same bytes
+        must not lose its blob to this call (see each backend for how it ensures that)."""
+        ...
+
     def keys(self) -> AsyncIterator[str]:
         """Every stored key, in no particular order."""
+        ...
+
+    def entries(self) -> AsyncIterator["BlobInfo"]:
+        """Every stored blob with its size and last-written time, in no particular order."""
+        ...
+
+    async def check(self) -> None:
+        """Reach the backend once (e.g. the bucket exists and the credentials work);
+        `StorageError` with a one-line reason otherwise.  Used at start."""
         ...
 
     async def close(self) -> None: ...

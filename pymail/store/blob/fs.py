@@ -10,9 +10,14 @@ Invariants:
   temporary name in the same directory, flushed and fsynced, then renamed over the final
   name (rename is atomic), then the directory is fsynced so the new name survives power
   loss.  A directory this store creates has its parent fsynced too.
-* `put` returns only after all of that.  Putting bytes that are already stored is a no-op
-  apart from fsyncing the leaf directory (the name may have been made visible by a process
-  that was killed before its own directory fsync).
+* `put` returns only after all of that.  Putting bytes that are already stored renews the
+  file's mtime (the orphan sweeper's grace period counts from the latest `put`) and
+  fsyncs the leaf directory (the name may have been made visible by a process that was
+  killed before its own directory fsync).
+* `delete_if_stale` (the sweeper's delete) first renames the file aside, then looks at
+  its mtime: a `put` that renewed it in the meantime wins and the file is put back; a
+  `put` that came after the rename finds no file and writes a new one.  So a blob a
+  delivery has just `put` is never deleted under it.
 * Temporary files are named ``.tmp-<key>-<random>``; `keys` never yields them and
   `sweep_temp` removes the ones a crash left behind.
 * Blocking file I/O runs on this store's own thread pool, never on the event loop.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import functools
 import hashlib
 import os
@@ -35,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from pymail.store.interfaces import NotFound, StorageError
+from pymail.store.interfaces import BlobInfo, NotFound, StorageError
 
 __all__ = ["FileBlobStore"]
 
@@ -116,7 +122,11 @@ class FileBlobStore:
         key = hashlib.sha256(data).hexdigest()
         path = self.path_for(key)
         leaf = path.parent
-        if path.exists():
+        try:
+            os.utime(path)  # already stored: renew its age for the orphan sweeper
+        except FileNotFoundError:
+            pass
+        else:
             _fsync_dir(leaf)
             return key
         try:
@@ -181,6 +191,65 @@ class FileBlobStore:
         except FileNotFoundError:
             return
         _fsync_dir(path.parent)
+
+    async def delete_if_stale(self, key: str, cutoff: _dt.datetime) -> bool:
+        """Delete the blob only if it was last written before `cutoff`; True if deleted."""
+        if not _KEY_RE.match(key):
+            return False
+        return await self._run(self._delete_if_stale_sync, key, cutoff.timestamp())
+
+    def _delete_if_stale_sync(self, key: str, cutoff: float) -> bool:
+        path = self.path_for(key)
+        aside = path.with_name(f"{_TEMP_PREFIX}{key}-delete-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if os.stat(aside).st_mtime >= cutoff:  # a put renewed it: keep it
+            try:
+                os.link(aside, path)
+            except FileExistsError:  # a put after the rename wrote it anew
+                pass
+            os.unlink(aside)
+            _fsync_dir(path.parent)
+            return False
+        os.unlink(aside)
+        _fsync_dir(path.parent)
+        return True
+
+    async def check(self) -> None:
+        """The blob directory exists (or can be made) and is a directory."""
+        await self._run(self._check_sync)
+
+    def _check_sync(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise OSError(f"{self.root} is not writable")
+
+    async def entries(self) -> AsyncIterator[BlobInfo]:
+        """Every stored blob with size and mtime, one top-level directory per thread hop."""
+        tops = await self._run(self._list_fanout, self.root)
+        for top in tops:
+            for info in await self._run(self._list_entries_under, top):
+                yield info
+
+    def _list_entries_under(self, top: Path) -> list[BlobInfo]:
+        out: list[BlobInfo] = []
+        for mid in self._list_fanout(top):
+            try:
+                with os.scandir(mid) as it:
+                    for e in it:
+                        if not _KEY_RE.match(e.name):
+                            continue
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        modified = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
+                        out.append(BlobInfo(e.name, st.st_size, modified))
+            except FileNotFoundError:
+                continue
+        return out
 
     async def keys(self) -> AsyncIterator[str]:
         """Every stored key, one top-level directory per thread hop."""
