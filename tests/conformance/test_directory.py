@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from pymail.store import (
     Directory,
     Index,
     NotFound,
+    PostgresSettings,
+    StorageError,
     Store,
     open_store,
 )
@@ -289,6 +292,29 @@ async def test_migrate_twice_is_a_no_op(harness: StoreHarness) -> None:
         assert [m.blob_key for m in await store.index.list_messages(inbox.id)] == [key]
 
 
+async def test_migrate_reports_nothing_to_do_the_second_time(harness: StoreHarness) -> None:
+    async with harness.opened(migrate=False) as store:
+        first = await store.database.migrate()
+        assert first and first == sorted(first)
+        assert await store.database.migrate() == []
+
+
+async def test_concurrent_migrators_apply_each_step_once(harness: StoreHarness) -> None:
+    """Two nodes starting at once on a fresh database (PostgreSQL: the advisory lock)."""
+    async with harness.opened(migrate=False) as one, harness.opened(migrate=False) as two:
+        results = await asyncio.gather(*(s.database.migrate() for s in (one, two, one, two)))
+        applied = sorted(v for r in results for v in r)
+        assert applied == sorted(set(applied)), f"a step was applied twice: {results}"
+        assert await one.database.migrate() == []
+        await one.directory.add_domain("example.com")
+        assert (await two.directory.get_domain("example.com")) is not None
+
+
+async def test_check_reaches_a_healthy_store(store: Store) -> None:
+    await store.check()
+    await store.database.check()
+
+
 async def test_opening_does_not_migrate(harness: StoreHarness) -> None:
     async with harness.opened(migrate=False):
         pass
@@ -355,9 +381,10 @@ async def test_store_parts_implement_the_interfaces(store: Store) -> None:
 @pytest.mark.parametrize(
     "index_url, blobs_url, bad",
     [
-        ("postgres://db/pymail", "file:///tmp/blobs", "postgres://db/pymail"),
+        ("mysql://db/pymail", "file:///tmp/blobs", "mysql://db/pymail"),
         ("sqlite://relative/index.db", "file:///tmp/blobs", "sqlite://relative/index.db"),
-        ("sqlite:///tmp/index.db", "s3://bucket/blobs", "s3://bucket/blobs"),
+        ("sqlite:///tmp/index.db", "s3:///blobs", "s3:///blobs"),
+        ("sqlite:///tmp/index.db", "ftp://bucket/blobs", "ftp://bucket/blobs"),
         ("sqlite:///tmp/index.db", "file://relative", "file://relative"),
         ("sqlite:///tmp/index.db", "/tmp/blobs", "/tmp/blobs"),
     ],
@@ -375,3 +402,87 @@ def test_open_store_creates_directories_and_nothing_else(tmp_path: Path) -> None
     assert index.parent.is_dir() and blobs.is_dir()
     assert not index.exists()  # no schema until migrate()
     asyncio.run(store.close())
+
+
+# --------------------------------------------------------------------------- check(): one line
+
+
+def test_sqlite_check_names_the_problem(tmp_path: Path) -> None:
+    async def main() -> None:
+        missing = open_store(
+            f"sqlite://{tmp_path / 'new' / 'i.sqlite3'}", f"file://{tmp_path / 'b'}"
+        )
+        try:
+            await missing.database.check()  # fine: migrate will create it
+            assert not (tmp_path / "new" / "i.sqlite3").exists()
+        finally:
+            await missing.close()
+        garbage = tmp_path / "garbage.sqlite3"
+        garbage.write_bytes(b"this is not a database" * 100)
+        store = open_store(f"sqlite://{garbage}", f"file://{tmp_path / 'b'}")
+        try:
+            with pytest.raises(StorageError) as info:
+                await store.check()
+        finally:
+            await store.close()
+        text = str(info.value)
+        assert "\n" not in text
+        assert str(garbage) in text and "not a database" in text
+
+    asyncio.run(main())
+
+
+def test_postgres_check_names_the_problem(postgres_service, tmp_path: Path) -> None:  # noqa: ANN001
+    """Wrong port, wrong database, wrong password: StorageError, one line naming
+    host:port/dbname and the reason, never the password."""
+    from tests.services.postgres import PASSWORD_ROLE
+
+    svc = postgres_service
+    secret = "s3cr3t-Pa55"
+    wrong = "not-the-Pa55word"
+
+    async def failure(dsn: str) -> str:
+        store = open_store(dsn, f"file://{tmp_path / 'blobs'}",
+                           postgres=PostgresSettings(connect_timeout=5.0))
+        try:
+            with pytest.raises(StorageError) as info:
+                await store.database.check()
+            with pytest.raises(StorageError):  # any call, not only check()
+                await store.directory.get_domain("example.com")
+        finally:
+            await store.close()
+        text = str(info.value)
+        assert "\n" not in text, text
+        assert secret not in text and wrong not in text, text
+        return text
+
+    async def main() -> None:
+        await svc.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        await svc.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{secret}'")
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+
+        text = await failure(f"postgresql://postgres:{wrong}@127.0.0.1:{closed_port}/pymail")
+        assert text == (
+            f"cannot connect to PostgreSQL at 127.0.0.1:{closed_port}/pymail: connection refused"
+        )
+        text = await failure(svc.dsn("no_such_db"))
+        assert text == (
+            f"cannot connect to PostgreSQL at 127.0.0.1:{svc.port}/no_such_db: "
+            'database "no_such_db" does not exist'
+        )
+        text = await failure(svc.dsn("postgres", user=PASSWORD_ROLE, password=wrong))
+        assert text.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{svc.port}/postgres: ")
+        assert "password authentication failed" in text
+
+        # the right password works
+        store = open_store(svc.dsn("postgres", user=PASSWORD_ROLE, password=secret),
+                           f"file://{tmp_path / 'blobs'}")
+        try:
+            await store.database.check()
+            assert "***" in repr(store.database) and secret not in repr(store.database)
+        finally:
+            await store.close()
+
+    asyncio.run(main())

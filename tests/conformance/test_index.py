@@ -12,9 +12,12 @@ import pytest
 from pymail.store import (
     DEFAULT_MAILBOXES,
     AlreadyExists,
+    ChangeFeed,
     Delivery,
     DeliveryTarget,
+    MailboxChange,
     NotFound,
+    StorageError,
     Store,
     User,
 )
@@ -313,3 +316,247 @@ async def test_deliver_validates_its_input(store: Store) -> None:
         )
     assert await store.index.deliver(Delivery(key, 1, WHEN, "{}", [])) == []
     assert not await store.index.blob_referenced(key)
+
+
+async def test_crossed_target_orders_do_not_deadlock(store: Store) -> None:
+    """Concurrent deliveries to the same users in opposite orders (PostgreSQL would
+    deadlock if mailboxes were locked in target order)."""
+    users = await _users(store, "ann", "bob", "carl")
+    for u in users[:2]:  # carl's mailboxes are made by the deliveries themselves
+        await store.index.ensure_default_mailboxes(u.id)
+    n = 60
+    deliveries = []
+    for i in range(n):
+        order = users if i % 2 else list(reversed(users))
+        deliveries.append(
+            await _delivery(store, b"crossed %d" % i, *(DeliveryTarget(u.id) for u in order))
+        )
+    results = await asyncio.gather(*(store.index.deliver(d) for d in deliveries))
+    for u in users:
+        uids = sorted(s.uid for r in results for s in r if s.user_id == u.id)
+        assert uids == list(range(1, n + 1))
+
+
+# --------------------------------------------------------------------------- forget_blob
+
+
+async def test_forget_blob(store: Store) -> None:
+    ann, bob = await _users(store, "ann", "bob")
+    delivery = await _delivery(store, b"shared", DeliveryTarget(ann.id), DeliveryTarget(bob.id))
+    await store.index.deliver(delivery)
+    key = delivery.blob_key
+    assert await store.index.forget_blob(key) is False  # referenced: kept
+    assert await store.index.get_structure(key) == STRUCTURE
+    await store.directory.remove_user("ann@example.com")
+    assert await store.index.forget_blob(key) is False  # bob still has it
+    await store.directory.remove_user("bob@example.com")
+    assert await store.index.forget_blob(key) is True
+    assert await store.index.get_structure(key) is None
+    assert await store.index.forget_blob(key) is True  # unknown: nothing to keep
+    assert await store.index.forget_blob("e" * 64) is True
+
+    # an orphan row (indexed, then its only message gone) is forgotten, and the same
+    # blob can be delivered again afterwards
+    (carl,) = await _users(store, "carl")
+    (s,) = await store.index.deliver(
+        Delivery(key, delivery.size, WHEN, "{}", [DeliveryTarget(carl.id)])
+    )
+    assert await store.index.get_structure(key) == "{}"
+    assert [m.blob_key for m in await store.index.list_messages(s.mailbox_id)] == [key]
+    assert await store.index.forget_blob(key) is False
+
+
+async def test_forget_blob_racing_deliveries_never_leaves_a_dangling_message(
+    store: Store,
+) -> None:
+    """forget_blob and deliver of the same blob at once: every message that was stored
+    has its blob row; every forget that said True happened before those deliveries."""
+    (ann,) = await _users(store, "ann")
+    await store.index.ensure_default_mailboxes(ann.id)
+    data = b"raced"
+    for _ in range(5):
+        delivery = await _delivery(store, data, DeliveryTarget(ann.id))
+        jobs = [store.index.deliver(delivery) for _ in range(5)]
+        jobs += [store.index.forget_blob(delivery.blob_key) for _ in range(5)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            # a delivery may be told to retry (StorageError), never anything else
+            assert not isinstance(r, BaseException) or isinstance(r, StorageError), r
+        if await store.index.blob_referenced(delivery.blob_key):
+            assert await store.index.get_structure(delivery.blob_key) is not None
+            assert await store.index.forget_blob(delivery.blob_key) is False
+
+
+# --------------------------------------------------------------------------- change feed
+
+
+async def _next(changes, timeout: float = 1.0) -> MailboxChange:  # noqa: ANN001
+    return await asyncio.wait_for(changes.__anext__(), timeout)
+
+
+async def _until(  # noqa: ANN001
+    changes, mailbox_id: int, highestmodseq: int, timeout: float
+) -> list[MailboxChange]:
+    """Changes read until `mailbox_id` reaches `highestmodseq` (all of them)."""
+    seen: list[MailboxChange] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        change = await _next(changes, max(0.01, deadline - loop.time()))
+        seen.append(change)
+        if change.mailbox_id == mailbox_id and change.highestmodseq >= highestmodseq:
+            return seen
+
+
+async def test_watch_sees_a_delivery_through_another_store(harness: StoreHarness) -> None:
+    """Two stores on one database (two nodes, or two processes on one SQLite file)."""
+    async with harness.opened() as node1, harness.opened(migrate=False) as node2:
+        assert isinstance(node1.index, ChangeFeed)
+        ann, bob = await _users(node1, "ann", "bob")
+        await node1.index.deliver(await _delivery(node1, b"before", DeliveryTarget(ann.id)))
+        async with node2.index.watch() as changes:
+            loop = asyncio.get_running_loop()
+            begin = loop.time()
+            (s,) = await node1.index.deliver(
+                await _delivery(node1, b"after", DeliveryTarget(ann.id))
+            )
+            change = await _next(changes, 1.0)  # within a second
+            assert loop.time() - begin < 1.0
+            inbox = await node1.index.get_mailbox(ann.id, "INBOX")
+            # the delivery before the watch started is not reported
+            assert change == MailboxChange(ann.id, s.mailbox_id, s.uid + 1, inbox.highestmodseq)
+            assert (inbox.uidnext, s.uid) == (3, 2)
+
+            # a delivery to two users: both mailboxes are reported
+            a, b = await node1.index.deliver(
+                await _delivery(node1, b"both", DeliveryTarget(ann.id), DeliveryTarget(bob.id))
+            )
+            got = {(await _next(changes)).mailbox_id, (await _next(changes)).mailbox_id}
+            assert got == {a.mailbox_id, b.mailbox_id}
+
+            # a burst: per mailbox in commit order, up to the final state
+            for i in range(10):
+                await node1.index.deliver(
+                    await _delivery(node1, b"burst %d" % i, DeliveryTarget(ann.id))
+                )
+            final = await node1.index.get_mailbox(ann.id, "INBOX")
+            seen = await _until(changes, final.id, final.highestmodseq, 2.0)
+            modseqs = [c.highestmodseq for c in seen if c.mailbox_id == final.id]
+            assert modseqs == sorted(modseqs)
+            assert seen[-1] == MailboxChange(ann.id, final.id, final.uidnext, final.highestmodseq)
+
+            # its own store's deliveries too
+            (own,) = await node2.index.deliver(
+                await _delivery(node2, b"own", DeliveryTarget(bob.id))
+            )
+            change = await _next(changes)
+            assert (change.mailbox_id, change.uidnext) == (own.mailbox_id, own.uid + 1)
+
+
+async def test_watch_can_be_closed_and_ends_with_its_store(harness: StoreHarness) -> None:
+    async with harness.opened() as store:
+        (ann,) = await _users(store, "ann")
+        changes = store.index.watch()
+        waiting = asyncio.ensure_future(changes.__anext__())
+        await asyncio.sleep(0.3)
+        await changes.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 2)
+        with pytest.raises(StopAsyncIteration):
+            await changes.__anext__()
+        await changes.aclose()  # twice is fine
+
+        # async for, then the store closes under a waiting consumer
+        other = store.index.watch()
+        seen: list[MailboxChange] = []
+
+        async def consume() -> None:
+            async for change in other:
+                seen.append(change)
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.3)  # listening
+        await store.index.deliver(await _delivery(store, b"one", DeliveryTarget(ann.id)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2
+        while not seen and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(seen) == 1
+    await asyncio.wait_for(task, 5)  # the store's close ended the iteration
+
+
+# --------------------------------------------------------------------------- server faults
+
+
+async def _call_each(store: Store, ann: User, delivery: Delivery) -> None:
+    """Every kind of call; each must raise StorageError (one line) while the server is
+    down, quickly."""
+    calls = {
+        "deliver": lambda: store.index.deliver(delivery),
+        "get_mailbox": lambda: store.index.get_mailbox(ann.id, "INBOX"),
+        "list_mailboxes": lambda: store.index.list_mailboxes(ann.id),
+        "list_messages": lambda: store.index.list_messages(1),
+        "create_mailbox": lambda: store.index.create_mailbox(ann.id, "New"),
+        "get_structure": lambda: store.index.get_structure(delivery.blob_key),
+        "forget_blob": lambda: store.index.forget_blob("e" * 64),
+        "get_user": lambda: store.directory.get_user("ann@example.com"),
+        "add_domain": lambda: store.directory.add_domain("down.example"),
+        "set_password": lambda: store.directory.set_password("ann@example.com", HASH),
+        "remove_alias": lambda: store.directory.remove_alias("x@example.com"),
+        "check": lambda: store.database.check(),
+        "migrate": lambda: store.migrate(),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError) as info:
+            await asyncio.wait_for(call(), 15)
+        assert "\n" not in str(info.value), (name, str(info.value))
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_index_server_outage_then_recovery(harness: StoreHarness, mode: str) -> None:
+    """The index's server stops under an open store: every call raises StorageError
+    (nothing else); the server comes back: the same store works, without reopening,
+    and its change feed goes on."""
+    if harness.backend.outage is None:
+        pytest.skip(f"{harness.backend.name}: embedded, no server to stop")
+    async with harness.opened() as store:
+        (ann,) = await _users(store, "ann")
+        (first,) = await store.index.deliver(await _delivery(store, b"one", DeliveryTarget(ann.id)))
+        second = await _delivery(store, b"two", DeliveryTarget(ann.id))
+        async with store.index.watch() as changes:
+            async with harness.backend.outage(harness, mode):
+                await _call_each(store, ann, second)
+            # back: the very first call works (no poisoned pool connection)
+            (stored,) = await store.index.deliver(second)
+            assert (stored.mailbox_id, stored.uid) == (first.mailbox_id, 2)
+            inbox = await store.index.get_mailbox(ann.id, "INBOX")
+            assert [m.uid for m in await store.index.list_messages(inbox.id)] == [1, 2]
+            assert await store.directory.get_user("ann@example.com") == ann
+            await store.check()
+            # the feed reconnected and reports the delivery made right after the restart
+            # (by notification or by its resync after reconnecting)
+            seen = await _until(changes, inbox.id, inbox.highestmodseq, 10.0)
+            assert seen[-1].uidnext == 3
+
+
+async def test_dropped_connections_are_replaced(harness: StoreHarness) -> None:
+    """Every connection to the database is terminated (the server stays up): the next
+    calls work on new connections and the change feed reconnects."""
+    if harness.backend.drop_connections is None:
+        pytest.skip(f"{harness.backend.name}: no connections to drop")
+    async with harness.opened() as store:
+        (ann,) = await _users(store, "ann")
+        await store.index.deliver(await _delivery(store, b"one", DeliveryTarget(ann.id)))
+        async with store.index.watch() as changes:
+            for round_ in range(3):
+                await asyncio.gather(
+                    *(store.directory.get_user("ann@example.com") for _ in range(5))
+                )
+                await harness.backend.drop_connections(harness)
+                assert await store.directory.get_user("ann@example.com") == ann
+                (s,) = await store.index.deliver(
+                    await _delivery(store, b"after drop %d" % round_, DeliveryTarget(ann.id))
+                )
+                assert s.uid == round_ + 2
+                inbox = await store.index.get_mailbox(ann.id, "INBOX")
+                await _until(changes, inbox.id, inbox.highestmodseq, 10.0)

@@ -24,7 +24,10 @@ Invariants:
 * `sqlite3.Error` and `OSError` from a job surface as `StorageError`; other exceptions
   (`NotFound`, `AlreadyExists`, `ValueError`) are answers about the data and pass through.
 * Opening is cheap: no file is touched until the first read or write.  `close()` runs the
-  jobs already queued, then joins the threads.
+  jobs already queued, then joins the threads, and ends every change stream
+  (`SqliteIndex.watch`), which each hold a read connection of their own.
+* `check()` opens the file once (it must be an SQLite database, or not exist yet in a
+  directory pymail may write) and creates nothing.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +138,8 @@ class SqliteDatabase:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._closed = False
+        #: Open change streams (`SqliteIndex.watch`), ended by `close()`.
+        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ connections
 
@@ -154,6 +162,24 @@ class SqliteDatabase:
             conn.close()
             raise
         return conn
+
+    def connect_reader(self) -> sqlite3.Connection:
+        """A read-only connection of the caller's own (change streams poll on one); the
+        caller closes it.  Blocking: call it from a thread."""
+        if self._closed:
+            raise StorageError("database is closed")
+        try:
+            return self._connect(read_only=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+    def register_stream(self, stream: object) -> None:
+        """Have `close()` end `stream` (an object with ``async aclose()``)."""
+        self._streams.add(stream)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # ------------------------------------------------------------------ writes
 
@@ -321,6 +347,34 @@ class SqliteDatabase:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def check(self) -> None:
+        """Open the file once and read its schema; `StorageError` with a one-line reason
+        (not a database, unreadable, a directory that cannot be written).  A missing file
+        is fine (migrate creates it) and is not created here."""
+        if self._closed:
+            raise StorageError("database is closed")
+
+        def probe() -> None:
+            if not self.path.exists():
+                parent = self.path.parent
+                if not parent.is_dir():
+                    raise OSError(f"directory {parent} does not exist")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise OSError(f"directory {parent} is not writable")
+                return
+            uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_ms / 1000)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                conn.close()
+
+        try:
+            await asyncio.to_thread(probe)
+        except (sqlite3.Error, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StorageError(f"cannot open SQLite database {self.path}: {reason}") from exc
+
     async def migrate(self) -> list[int]:
         """Apply the schema migrations not applied yet (idempotent); their versions."""
         return await self.write(schema.migrate)
@@ -331,6 +385,12 @@ class SqliteDatabase:
             if self._closed:
                 return
             self._closed = True
+        for stream in list(self._streams):
+            try:
+                await stream.aclose()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("closing a change stream failed")
+        with self._lock:
             writer = self._writer
             if writer is not None:
                 self._queue.put(_STOP)  # after every job already queued

@@ -15,12 +15,23 @@ Invariants (RFC 3501 section 2.3.1.1, RFC 7162 section 3.1):
   The default mailboxes created together share one value (distinct mailboxes may).
 * "INBOX" is case-insensitive (RFC 3501 section 5.1) and stored as "INBOX"; other names
   are stored as given.
+* `forget_blob` is one write job: the `message_blobs` row goes only if no message refers
+  to it (the single writer makes the check and the delete atomic).
+
+Change feed (`watch`): several processes may share the file, so a change stream polls.
+Each delivery bumps the database-wide counter ``sequences.changes`` in its own
+transaction and stamps the mailboxes it changed with the new value (``change_seq``); a
+stream remembers the last value it saw and asks for the mailboxes stamped later.  Between
+changes a poll costs one ``PRAGMA data_version`` (it changes only when another
+connection committed), so idle streams are nearly free.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from pymail.store.interfaces import (
@@ -28,6 +39,7 @@ from pymail.store.interfaces import (
     AlreadyExists,
     Delivery,
     Mailbox,
+    MailboxChange,
     MessageRecord,
     NotFound,
     StorageError,
@@ -41,7 +53,7 @@ from pymail.store.sqlite.database import (
     micros_from_datetime,
 )
 
-__all__ = ["SqliteIndex", "mailbox_name"]
+__all__ = ["SqliteChangeStream", "SqliteIndex", "mailbox_name"]
 
 _MAILBOX_COLUMNS = (
     "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
@@ -96,9 +108,16 @@ class SqliteIndex:
 
     `clock` returns Unix seconds; it only seeds UIDVALIDITY (inject one in tests)."""
 
-    def __init__(self, db: SqliteDatabase, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        clock: Callable[[], float] = time.time,
+        watch_interval: float = 0.2,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.watch_interval = watch_interval
 
     # ------------------------------------------------------------------ writer-side helpers
 
@@ -220,13 +239,14 @@ class SqliteIndex:
                 " VALUES (?, ?, ?)",
                 (delivery.blob_key, delivery.size, delivery.structure),
             )
+            change = self._next_change(conn)
             stored: list[Stored] = []
             for user_id, name, flags in targets:
-                slot = self._take_uid(conn, user_id, name)
+                slot = self._take_uid(conn, user_id, name, change)
                 if slot is None:
                     self._ensure_defaults(conn, user_id)  # NotFound for an unknown user
-                    slot = self._take_uid(conn, user_id, name) or self._take_uid(
-                        conn, user_id, "INBOX"
+                    slot = self._take_uid(conn, user_id, name, change) or self._take_uid(
+                        conn, user_id, "INBOX", change
                     )
                     if slot is None:  # cannot happen: the defaults include INBOX
                         raise StorageError(f"user {user_id} has no INBOX")
@@ -249,15 +269,25 @@ class SqliteIndex:
         return await self.db.write(job)
 
     @staticmethod
+    def _next_change(conn: sqlite3.Connection) -> int:
+        """Bump the database-wide change counter (the change feed's); its new value."""
+        (value,) = conn.execute(
+            "INSERT INTO sequences (name, value) VALUES ('changes', 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+        ).fetchone()
+        return int(value)
+
+    @staticmethod
     def _take_uid(
-        conn: sqlite3.Connection, user_id: int, name: str
+        conn: sqlite3.Connection, user_id: int, name: str, change: int
     ) -> tuple[int, int, int] | None:
-        """(mailbox id, uid, modseq) for a new message, bumping UIDNEXT and HIGHESTMODSEQ;
-        None if the user has no such mailbox."""
+        """(mailbox id, uid, modseq) for a new message, bumping UIDNEXT and HIGHESTMODSEQ
+        and stamping the mailbox with `change`; None if the user has no such mailbox."""
         rows = conn.execute(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
-            " WHERE user_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-            (user_id, name),
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
+            " change_seq = ? WHERE user_id = ? AND name = ?"
+            " RETURNING id, uidnext - 1, highestmodseq",
+            (change, user_id, name),
         ).fetchall()
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
@@ -306,3 +336,143 @@ class SqliteIndex:
             return row is not None
 
         return await self.db.read(query)
+
+    async def forget_blob(self, blob_key: str) -> bool:
+        """Drop the blob's row if no message refers to it, atomically (one write job);
+        True if the index no longer knows the blob, False if a message refers to it."""
+
+        def job(conn: sqlite3.Connection) -> bool:
+            if conn.execute(
+                "SELECT 1 FROM messages WHERE blob_key = ? LIMIT 1", (blob_key,)
+            ).fetchone():
+                return False
+            conn.execute("DELETE FROM message_blobs WHERE blob_key = ?", (blob_key,))
+            return True
+
+        return await self.db.write(job)
+
+    # ------------------------------------------------------------------ change feed
+
+    def watch(self) -> SqliteChangeStream:
+        """Committed mailbox changes from every process sharing the file (polled every
+        `watch_interval` seconds; see `SqliteChangeStream`)."""
+        return SqliteChangeStream(self.db, interval=self.watch_interval)
+
+
+class SqliteChangeStream:
+    """An async iterator of `MailboxChange`, polling the change counter on its own
+    read connection.
+
+    * Listening starts at the first ``__anext__`` or at ``async with`` / `start()`:
+      changes committed after that are yielded, each mailbox once per poll with its state
+      at that poll (several deliveries between two polls are one change), in commit
+      order.
+    * A poll runs in a thread: ``PRAGMA data_version`` first, and the counter and the
+      changed mailboxes only when another connection committed since the last poll.
+    * `aclose()` (or leaving ``async with``, or closing the database) closes the
+      connection; a waiting ``__anext__`` then ends the iteration.  SQLite errors are
+      raised as `StorageError`.
+    """
+
+    def __init__(self, db: SqliteDatabase, *, interval: float = 0.2) -> None:
+        self._db = db
+        self.interval = interval
+        self._items: deque[MailboxChange] = deque()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()  # one poll at a time; close waits for it
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._data_version = -1
+        self._seen = 0  # the last value of the change counter reported
+
+    def __aiter__(self) -> SqliteChangeStream:
+        return self
+
+    async def __aenter__(self) -> SqliteChangeStream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the connection and note where the counter stands (idempotent)."""
+        async with self._lock:
+            if self._conn is not None or self._closed:
+                return
+            self._conn = await asyncio.to_thread(self._open_sync)
+            self._db.register_stream(self)
+
+    def _open_sync(self) -> sqlite3.Connection:
+        conn = self._db.connect_reader()
+        try:
+            self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            conn.execute("BEGIN")
+            try:
+                self._seen = self._counter(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"sqlite: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _counter(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM sequences WHERE name = 'changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _poll_sync(self, conn: sqlite3.Connection) -> list[MailboxChange]:
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return []
+            self._data_version = version
+            conn.execute("BEGIN")
+            try:
+                counter = self._counter(conn)
+                if counter <= self._seen:
+                    return []
+                rows = conn.execute(
+                    "SELECT user_id, id, uidnext, highestmodseq FROM mailboxes"
+                    " WHERE change_seq > ? ORDER BY change_seq, id",
+                    (self._seen,),
+                ).fetchall()
+                self._seen = counter
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+        return [MailboxChange(*row) for row in rows]
+
+    async def __anext__(self) -> MailboxChange:
+        if not self._items and self._closed:
+            raise StopAsyncIteration
+        await self.start()
+        while not self._items:
+            async with self._lock:
+                if self._closed or self._conn is None:
+                    raise StopAsyncIteration
+                self._items.extend(await asyncio.to_thread(self._poll_sync, self._conn))
+            if self._items:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Stop polling and close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        async with self._lock:  # not while a poll uses the connection
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -8,7 +8,8 @@ Tables:
   Postfix/Dovecot tutorials);
 * pymail's index: `mailboxes`, `message_blobs` (one row per blob: size and the JSON
   structure computed at delivery), `messages` (one row per message in a mailbox),
-  `sequences` (named counters; ``uidvalidity`` lives there);
+  `sequences` (named counters: ``uidvalidity``, and ``changes`` for the change feed,
+  mirrored per mailbox in `mailboxes.change_seq`);
 * `schema_migrations`: which steps below have been applied.
 
 Invariants:
@@ -173,9 +174,23 @@ _INDEX = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 3
+
+#: The change feed (`SqliteIndex.watch`): ``sequences.changes`` is bumped by every write
+#: that changes mailboxes, in the same transaction, and the changed mailboxes get its new
+#: value in `mailboxes.change_seq`.  The single writer makes the counter follow commit
+#: order, so a poller that remembers the last value it saw misses nothing.
+_CHANGES = _statements(
+    "ALTER TABLE mailboxes ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS mailboxes_change_seq ON mailboxes (change_seq)",
+    "INSERT OR IGNORE INTO sequences (name, value) VALUES ('changes', 0)",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
+    Migration(3, "index: mailbox change counter for the change feed", _CHANGES),
 )
 
 
