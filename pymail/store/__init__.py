@@ -1,9 +1,11 @@
 """Storage: the interfaces (`BlobStore`, `Index`, `Directory`) and `open_store`.
 
-`open_store(index_url, blobs_url)` picks the backends from two URLs:
+`open_store(index_url, blobs_url, s3=..., postgres=...)` picks the backends from two URLs:
 
-* index and directory: ``sqlite:///abs/path/index.sqlite3`` ("sqlite://" + absolute path);
-* blobs: ``file:///abs/path/blobs`` ("file://" + absolute path).
+* index and directory: ``sqlite:///abs/path/index.sqlite3`` ("sqlite://" + absolute path)
+  or ``postgresql://user@host:port/dbname`` (asyncpg; `PostgresSettings` sizes the pool);
+* blobs: ``file:///abs/path/blobs`` ("file://" + absolute path) or ``s3://bucket`` /
+  ``s3://bucket/prefix`` (aiobotocore; `S3Settings` names the endpoint and credentials).
 
 Invariants: opening is cheap and never changes the schema (it creates missing directories,
 nothing else); `Store.migrate()` brings the schema up to date and is idempotent;
@@ -12,7 +14,7 @@ nothing else); `Store.migrate()` brings the schema up to date and is idempotent;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,13 +22,16 @@ from pymail.store.interfaces import (
     DEFAULT_MAILBOXES,
     Alias,
     AlreadyExists,
+    BlobInfo,
     BlobStore,
+    ChangeFeed,
     Delivery,
     DeliveryTarget,
     Directory,
     Domain,
     Index,
     Mailbox,
+    MailboxChange,
     MessageRecord,
     NotFound,
     StorageError,
@@ -38,15 +43,20 @@ __all__ = [
     "DEFAULT_MAILBOXES",
     "Alias",
     "AlreadyExists",
+    "BlobInfo",
     "BlobStore",
+    "ChangeFeed",
     "Delivery",
     "DeliveryTarget",
     "Directory",
     "Domain",
     "Index",
     "Mailbox",
+    "MailboxChange",
     "MessageRecord",
     "NotFound",
+    "PostgresSettings",
+    "S3Settings",
     "StorageError",
     "Store",
     "Stored",
@@ -60,7 +70,35 @@ class SchemaOwner(Protocol):
 
     async def migrate(self) -> object: ...
 
+    async def check(self) -> None:
+        """Connect once; `StorageError` with a one-line reason if that fails."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """How to reach an S3 service (MinIO, moto, AWS) for `s3://` blob URLs."""
+
+    endpoint_url: str | None = None  #: None: AWS's own endpoint for `region`
+    region: str = "us-east-1"
+    access_key_id: str | None = None  #: None: botocore's usual sources (environment, ...)
+    secret_access_key: str | None = field(default=None, repr=False)
+    addressing_style: str = "path"  #: "path" for MinIO, "virtual" or "auto"
+    max_connections: int = 64  #: the client's HTTP connection pool
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """The asyncpg connection pool for `postgresql://` index URLs."""
+
+    pool_min: int = 2
+    pool_max: int = 10
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +114,11 @@ class Store:
     async def migrate(self) -> None:
         """Create or upgrade the schema; a no-op when it is current."""
         await self.database.migrate()
+
+    async def check(self) -> None:
+        """Reach the database and the blob backend once (used at start)."""
+        await self.database.check()
+        await self.blobs.check()
 
     async def close(self) -> None:
         """Close the blob store and the database (both, even if one fails)."""
@@ -95,32 +138,50 @@ def _absolute_path(url: str, scheme: str) -> Path:
     return Path(rest)
 
 
-def open_store(index_url: str, blobs_url: str) -> Store:
+def open_store(
+    index_url: str,
+    blobs_url: str,
+    *,
+    s3: S3Settings | None = None,
+    postgres: PostgresSettings | None = None,
+) -> Store:
     """The `Store` named by the two URLs; `ValueError` naming a URL this cannot open.
 
-    Cheap: creates missing directories, opens nothing until first use, never migrates."""
-    if index_url.startswith("sqlite:"):
-        db_path = _absolute_path(index_url, "sqlite")
-    else:
-        raise ValueError(f"unsupported index URL {index_url!r} (expected \"sqlite:///path\")")
+    Cheap: creates missing directories, opens nothing until first use, never migrates.
+    Backends are imported when chosen, so an unused one costs nothing."""
+    blobs: BlobStore
     if blobs_url.startswith("file:"):
-        blob_root = _absolute_path(blobs_url, "file")
+        from pymail.store.blob.fs import FileBlobStore
+
+        blobs = FileBlobStore(_absolute_path(blobs_url, "file"))
+    elif blobs_url.startswith("s3://"):
+        from pymail.store.blob.s3 import S3BlobStore
+
+        bucket, _, prefix = blobs_url[len("s3://"):].partition("/")
+        if not bucket:
+            raise ValueError(f"unsupported blobs URL {blobs_url!r} (expected \"s3://bucket\")")
+        blobs = S3BlobStore(bucket, prefix.strip("/"), s3 or S3Settings())
     else:
-        raise ValueError(f"unsupported blobs URL {blobs_url!r} (expected \"file:///path\")")
+        raise ValueError(
+            f"unsupported blobs URL {blobs_url!r} (expected \"file:///path\" or \"s3://bucket\")"
+        )
 
-    # Backends are imported when chosen: a later one may need an optional dependency.
-    from pymail.store.blob.fs import FileBlobStore
-    from pymail.store.sqlite import SqliteDatabase, SqliteDirectory, SqliteIndex
+    if index_url.startswith("sqlite:"):
+        from pymail.store.sqlite import SqliteDatabase, SqliteDirectory, SqliteIndex
 
-    try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create {db_path.parent}: {exc}") from exc
-    database = SqliteDatabase(db_path)
-    blobs = FileBlobStore(blob_root)
-    return Store(
-        directory=SqliteDirectory(database),
-        index=SqliteIndex(database),
-        blobs=blobs,
-        database=database,
+        db_path = _absolute_path(index_url, "sqlite")
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {db_path.parent}: {exc}") from exc
+        sqlite_db = SqliteDatabase(db_path)
+        return Store(SqliteDirectory(sqlite_db), SqliteIndex(sqlite_db), blobs, sqlite_db)
+    if index_url.startswith(("postgresql://", "postgres://")):
+        from pymail.store.postgres import PostgresDatabase, PostgresDirectory, PostgresIndex
+
+        pg_db = PostgresDatabase(index_url, postgres or PostgresSettings())
+        return Store(PostgresDirectory(pg_db), PostgresIndex(pg_db), blobs, pg_db)
+    raise ValueError(
+        f"unsupported index URL {index_url!r} (expected \"sqlite:///path\" or "
+        "\"postgresql://user@host/dbname\")"
     )
