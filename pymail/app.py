@@ -27,7 +27,7 @@ from pymail.delivery.router import Router
 from pymail.net import sdnotify
 from pymail.net.certs import ensure_embedded_certificates
 from pymail.net.smtp import MxHandler, SmtpService
-from pymail.store import Store, open_store
+from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
 
@@ -54,12 +54,56 @@ class StartupError(Exception):
     """pymail cannot start; the message is one line for the operator."""
 
 
-async def prepare_storage(config: Config) -> Store:
-    """Open and migrate the configured storage, with errors as one line."""
+def open_configured_store(config: Config) -> Store:
+    """The `Store` the config names (cheap: nothing is contacted yet).
+
+    The S3 secret comes from `storage.s3.secret_access_key_file`, else
+    `$PYMAIL_S3_SECRET_ACCESS_KEY`, else botocore's usual sources; it is never logged."""
+    s3 = config.storage.s3
+    secret = os.environ.get("PYMAIL_S3_SECRET_ACCESS_KEY") or None
+    if s3.secret_access_key_file is not None:
+        try:
+            secret = s3.secret_access_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise StartupError(
+                f"storage.s3.secret_access_key_file: cannot read {s3.secret_access_key_file}: "
+                f"{getattr(e, 'strerror', None) or e}"
+            ) from None
+    pg = config.storage.postgres
     try:
-        store = open_store(config.index_url, config.blobs_url)
+        return open_store(
+            config.index_url,
+            config.blobs_url,
+            s3=S3Settings(
+                endpoint_url=s3.endpoint_url,
+                region=s3.region,
+                access_key_id=s3.access_key_id,
+                secret_access_key=secret,
+                addressing_style=s3.addressing_style,
+                max_connections=s3.max_connections,
+            ),
+            postgres=PostgresSettings(
+                pool_min=pg.pool_min, pool_max=pg.pool_max, connect_timeout=pg.connect_timeout
+            ),
+        )
+    except (ValueError, StorageError, OSError) as e:
+        raise StartupError(f"storage: {e}") from None
+
+
+async def prepare_storage(config: Config, *, check_blobs: bool = True) -> Store:
+    """Open, check and migrate the configured storage, with errors as one line.
+
+    `check_blobs=False` skips reaching the blob backend (the directory commands of the
+    CLI need only the database, and must work while S3 is down)."""
+    store = open_configured_store(config)
+    try:
+        if check_blobs:
+            await store.check()
+        else:
+            await store.database.check()
         await store.migrate()
-    except Exception as e:  # any backend error at start is fatal, named
+    except Exception as e:  # any backend error at start is fatal, named in one line
+        await store.close()
         raise StartupError(f"storage: {e}") from None
     return store
 
@@ -86,6 +130,7 @@ class Worker:
     reuse_port: bool = False
     store: Store | None = None
     services: list[SmtpService] = field(default_factory=list)
+    sweeper: asyncio.Future[None] | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -115,7 +160,28 @@ class Worker:
             lines += [f"smtp listening on {a}" for a in bound]
         return lines
 
+    def start_sweeper(self) -> None:
+        """Sweep orphan blobs every `storage.orphan_sweep_interval` seconds."""
+        interval = self.config.storage.orphan_sweep_interval
+        if interval > 0 and self.store is not None:
+            self.sweeper = asyncio.ensure_future(self._sweep_forever(interval))
+
+    async def _sweep_forever(self, interval: float) -> None:
+        from pymail.store.gc import sweep_orphans
+
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await sweep_orphans(
+                    self.store.blobs, self.store.index, grace_seconds=self.config.storage.orphan_grace
+                )
+            except StorageError as e:
+                log.warning("orphan sweep failed, will retry: %s", e)
+
     async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
         await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self.services))
         if self.store is not None:
             await self.store.close()
@@ -132,9 +198,10 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
     except BaseException:
         await worker.stop()
         raise
-    if announce:
+    if announce:  # the first (or only) worker also sweeps orphan blobs
         for line in lines:
             log.info(line)
+        worker.start_sweeper()
         sdnotify.ready()
     await stop.wait()
     log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)

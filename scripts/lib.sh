@@ -43,9 +43,9 @@ find_python() {
     return 1
 }
 
-# venv_need EXTRAS : a virtualenv in $VENV with pymail installed (editable) with EXTRAS.
+# venv_need [EXTRAS] : a virtualenv in $VENV with pymail installed (editable) with EXTRAS.
 venv_need() {
-    local extras=$1 py
+    local extras=${1:-} py spec
     py=$(find_python) || { apt_need python3; py=$(find_python) || { say "Python 3.11 or newer is required"; exit 1; }; }
     if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
         apt_need python3-venv
@@ -55,10 +55,11 @@ venv_need() {
         "$py" -m venv "$VENV"
     fi
     # Reinstall only when pyproject.toml changed since the last install.
-    local stamp="$VENV/.pymail-installed-$extras"
+    local stamp="$VENV/.pymail-installed-${extras:-base}"
+    spec=$ROOT${extras:+[$extras]}
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || ! "$VENV/bin/python" -c 'import pymail' 2>/dev/null; then
-        say "installing pymail[$extras] into $VENV"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extras]" >&2
+        say "installing pymail${extras:+[$extras]} into $VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" >&2
         touch "$stamp"
     fi
 }

@@ -19,7 +19,7 @@ from typing import NoReturn
 from pymail.config import ConfigError, config_as_toml, load_config
 from pymail.config.schema import Config, parse_size
 from pymail.mail.address import AddressError, parse_mailbox
-from pymail.store import AlreadyExists, NotFound, StorageError, Store, open_store
+from pymail.store import AlreadyExists, NotFound, StorageError, Store
 
 PROG = "pymail"
 
@@ -93,13 +93,17 @@ def _hash(password: str) -> str:
     return hash_password(password)
 
 
-async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
+async def _with_store(
+    config: Config, action: Callable[[Store], Awaitable[int]], *, blobs: bool = False
+) -> int:
+    """Run `action` on the migrated store; `blobs=True` if it needs the blob backend."""
+    from pymail.app import StartupError, prepare_storage
+
     try:
-        store = open_store(config.index_url, config.blobs_url)
-    except (ValueError, StorageError, OSError) as e:
-        raise UserError(f"storage: {e}") from None
+        store = await prepare_storage(config, check_blobs=blobs)
+    except StartupError as e:
+        raise UserError(str(e)) from None
     try:
-        await store.migrate()
         return await action(store)
     finally:
         await store.close()
@@ -222,6 +226,25 @@ def cmd_alias(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, action))
 
 
+def cmd_store(config: Config, args: argparse.Namespace) -> int:
+    from pymail.store.gc import sweep_orphans
+
+    grace = config.storage.orphan_grace if args.grace is None else args.grace
+    if grace < 60:
+        raise UserError("--grace must be at least 60 seconds (deliveries in progress need it)")
+
+    async def action(store: Store) -> int:
+        r = await sweep_orphans(store.blobs, store.index, grace_seconds=grace)
+        print(
+            f"{r.blobs} blobs: {r.deleted} orphans deleted ({r.deleted_bytes} bytes), "
+            f"{r.referenced} in use, {r.young} younger than {grace:g}s kept, "
+            f"{r.temp_files} leftover temp files removed"
+        )
+        return 0
+
+    return asyncio.run(_with_store(config, action, blobs=True))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -279,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     a_rm = a_sub.add_parser("remove", help="remove an alias (all its destinations, or one)")
     a_rm.add_argument("source")
     a_rm.add_argument("destination", nargs="?")
+    store = command("store", "message storage maintenance", cmd_store)
+    s_sub = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    s_gc = s_sub.add_parser("gc", help="delete blobs no message refers to (orphans)")
+    s_gc.add_argument("--grace", type=float, metavar="SECONDS",
+                      help="keep orphans younger than this (default storage.orphan_grace)")
     return parser
 
 

@@ -153,32 +153,106 @@ class TlsConfig(_Section):
         return self
 
 
+class S3Config(_Section):
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint, e.g. \"http://127.0.0.1:9000\" for MinIO. Unset: AWS's "
+        "endpoint for `region`.",
+    )
+    region: str = Field(default="us-east-1", description="S3 region name.")
+    access_key_id: str | None = Field(
+        default=None,
+        description="Access key id. Unset: the usual AWS sources ($AWS_ACCESS_KEY_ID, ...).",
+    )
+    secret_access_key_file: Path | None = Field(
+        default=None,
+        description="File holding the secret access key (one line; keep it 0640 root:pymail). "
+        "Unset: $PYMAIL_S3_SECRET_ACCESS_KEY, else the usual AWS sources. The secret never "
+        "appears in the config itself or in logs.",
+    )
+    addressing_style: str = Field(
+        default="path",
+        pattern="^(path|virtual|auto)$",
+        description="\"path\" (bucket in the URL path, as MinIO wants), \"virtual\" or \"auto\".",
+    )
+    max_connections: int = Field(
+        default=64, ge=1, le=1024, description="HTTP connections the S3 client keeps per process."
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"invalid endpoint {value!r} (expected http://host:port or https://...)")
+        return value
+
+
+class PostgresConfig(_Section):
+    pool_min: int = Field(default=2, ge=0, le=1000, description="Connections kept open per process.")
+    pool_max: int = Field(
+        default=10, ge=1, le=1000, description="Most connections per process (per worker)."
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a new PostgreSQL connection."
+    )
+
+    @model_validator(mode="after")
+    def _pool(self) -> "PostgresConfig":
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min is larger than pool_max")
+        return self
+
+
 class StorageConfig(_Section):
     index: str | None = Field(
         default=None,
-        description="Where the index and directory live: \"sqlite:///path/index.sqlite3\". "
-        "Default: sqlite in data_dir.",
+        description="Where the index and directory live: \"sqlite:///path/index.sqlite3\" or "
+        "\"postgresql://user@host:port/dbname\" (password: in ~/.pgpass or $PGPASSWORD "
+        "rather than here). Default: sqlite in data_dir.",
     )
     blobs: str | None = Field(
         default=None,
-        description="Where message bytes live: \"file:///path/blobs\". Default: files in "
-        "data_dir.",
+        description="Where message bytes live: \"file:///path/blobs\" or \"s3://bucket\" "
+        "(\"s3://bucket/prefix\" to share a bucket). Default: files in data_dir.",
+    )
+    orphan_grace: float = Field(
+        default=3600.0,
+        ge=60.0,
+        description="Seconds a blob no message refers to is kept before the sweeper deletes "
+        "it (covers deliveries between their blob write and their index commit).",
+    )
+    orphan_sweep_interval: float = Field(
+        default=6 * 3600.0,
+        ge=0.0,
+        description="Seconds between orphan-blob sweeps in the daemon; 0 turns the periodic "
+        "sweep off (`pymail store gc` still works).",
+    )
+    s3: S3Config = Field(default_factory=S3Config, description="S3/MinIO for s3:// blobs.")
+    postgres: PostgresConfig = Field(
+        default_factory=PostgresConfig, description="Pool for a postgresql:// index."
     )
 
     @field_validator("index")
     @classmethod
     def _index_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("sqlite:///"):
+        if value is not None and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError(
-                f"unsupported {value!r} (this version supports \"sqlite:///path\")"
+                f"unsupported {value!r} (expected \"sqlite:///path\" or \"postgresql://...\")"
             )
         return value
 
     @field_validator("blobs")
     @classmethod
     def _blobs_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("file:///"):
-            raise ValueError(f"unsupported {value!r} (this version supports \"file:///path\")")
+        if value is None:
+            return value
+        if value.startswith("s3://"):
+            bucket = value[5:].split("/", 1)[0]
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+                raise ValueError(f"invalid S3 bucket name in {value!r}")
+            return value
+        if not value.startswith("file:///"):
+            raise ValueError(f"unsupported {value!r} (expected \"file:///path\" or \"s3://bucket\")")
         return value
 
 
