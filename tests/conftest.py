@@ -1,20 +1,103 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test directory.
+
+End-to-end tests run on both backend pairs (docs/architecture.md, "The storage model"):
+`storage` is parametrised over "sqlite+file" (the embedded default) and "postgres+s3"
+(a private PostgreSQL cluster and a moto S3 server on loopback, started once per session
+and only when a test asks for them; a fresh database and bucket per test).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.pymail_harness import PymailServer
 
+if TYPE_CHECKING:
+    from tests.services.postgres import PostgresService
+    from tests.services.s3 import MotoS3Service
+
+BACKEND_PAIRS = ("sqlite+file", "postgres+s3")
+
+
+@pytest.fixture(scope="session")
+def pg_service() -> Iterator["PostgresService"]:
+    from tests.services.postgres import start_postgres_service
+
+    service = start_postgres_service()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_service() -> Iterator["MotoS3Service"]:
+    from tests.services.s3 import start_moto_service
+
+    service = start_moto_service(auth=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@dataclass
+class StorageSetup:
+    """One backend pair for one test: the [storage] TOML and the services behind it."""
+
+    name: str
+    config: str = ""  #: TOML for the server's config ("" = the embedded default)
+    pg: "PostgresService | None" = None
+    s3: "MotoS3Service | None" = None
+    database: str = ""
+    bucket: str = ""
+
+
+def make_storage(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> StorageSetup:
+    if name == "sqlite+file":
+        return StorageSetup(name)
+    pg: PostgresService = request.getfixturevalue("pg_service")
+    s3: MotoS3Service = request.getfixturevalue("s3_service")
+    database = pg.unique_name("e2e")
+    dsn = pg.create_database_sync(database)
+    bucket = s3.unique_bucket("e2e")
+    s3.create_bucket(bucket)
+    secret = tmp_path / "s3.secret"
+    secret.write_text(s3.secret_access_key + "\n")
+    config = f"""
+[storage]
+index = "{dsn}"
+blobs = "s3://{bucket}"
+
+[storage.s3]
+endpoint_url = "{s3.endpoint_url}"
+access_key_id = "{s3.access_key_id}"
+secret_access_key_file = "{secret}"
+
+[storage.postgres]
+pool_min = 1
+pool_max = 5
+connect_timeout = 3.0
+"""
+    request.addfinalizer(lambda: pg.drop_database_sync(database))
+    return StorageSetup(name, config, pg, s3, database, bucket)
+
+
+@pytest.fixture(params=BACKEND_PAIRS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageSetup:
+    """Each backend pair in turn."""
+    return make_storage(request.param, request, tmp_path)
+
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PymailServer]:
-    """A running pymail (embedded storage) with domain example.test and two users."""
-    srv = PymailServer(tmp_path)
-    srv.cli("domain", "add", "example.test")
+def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
+    """A running pymail with domain example.test and users alice and bob, on each pair."""
+    srv = PymailServer(tmp_path, storage_config=storage.config)
     srv.add_user("alice@example.test")
     srv.add_user("bob@example.test")
     srv.start()

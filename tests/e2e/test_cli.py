@@ -174,8 +174,9 @@ def test_example_config_is_valid_and_complete() -> None:
         for name, field in model.model_fields.items():
             annotation = field.annotation
             if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
-                out.append((prefix, name))
-                out += keys(annotation, f"{prefix}.{name}" if prefix else name)
+                dotted = f"{prefix}.{name}" if prefix else name
+                out.append(("", dotted))  # a [section] header
+                out += keys(annotation, dotted)
             else:
                 out.append((prefix, name))
         return out

@@ -3,6 +3,7 @@ sockets), storage read back through the Index/BlobStore interfaces."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import smtplib
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import StorageSetup
 from tests.pymail_harness import PymailServer
 
 MESSAGE = (
@@ -132,8 +134,7 @@ def test_one_message_many_recipients_stored_once(server: PymailServer) -> None:
     [(_, bob_blob, _)] = server.inbox("bob@example.test")
     assert alice_blob == bob_blob
     assert b"\tfor <" not in alice_blob  # several recipients: no "for" clause
-    blobs = list((server.data_dir / "blobs").rglob("*"))
-    assert len([p for p in blobs if p.is_file()]) == 1
+    assert server.blob_keys() == [hashlib.sha256(alice_blob).hexdigest()]
 
 
 def test_null_sender_and_utf8_recipient(server: PymailServer) -> None:
@@ -265,8 +266,9 @@ def test_aliases_recursive_catch_all_and_loop(server: PymailServer) -> None:
     assert len(server.inbox("bob@example.test")) == 1
 
 
-def test_size_limit(tmp_path: Path) -> None:
-    srv = PymailServer(tmp_path, extra_config="[limits]\nmessage_size = \"10KB\"\n")
+def test_size_limit(tmp_path: Path, storage: StorageSetup) -> None:
+    srv = PymailServer(tmp_path, storage_config=storage.config,
+                       extra_config="[limits]\nmessage_size = \"10KB\"\n")
     srv.cli("domain", "add", "example.test")
     srv.add_user("alice@example.test")
     srv.start()
@@ -343,7 +345,20 @@ def test_protocol_errors_get_replies_not_tracebacks(server: PymailServer) -> Non
 # ----------------------------------------------------------------------- failures
 
 
-def test_storage_failure_is_a_tempfail_and_recovers(server: PymailServer) -> None:
+def test_file_storage_failure_is_a_tempfail_and_recovers(tmp_path: Path) -> None:
+    """Embedded storage: the blob directory becomes unusable under a running server.
+    (The PostgreSQL and S3 outages are in test_outages.py.)"""
+    server = PymailServer(tmp_path)
+    server.cli("domain", "add", "example.test")
+    server.add_user("alice@example.test")
+    server.start()
+    try:
+        _file_storage_failure(server)
+    finally:
+        server.stop()
+
+
+def _file_storage_failure(server: PymailServer) -> None:
     blobs = server.data_dir / "blobs"
     moved = server.data_dir / "blobs.away"
     blobs.rename(moved)

@@ -7,11 +7,12 @@ import smtplib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.conftest import StorageSetup
 from tests.pymail_harness import PymailServer
 
 
-def test_two_workers_share_port_and_store(tmp_path: Path) -> None:
-    srv = PymailServer(tmp_path, workers=2)
+def test_two_workers_share_port_and_store(tmp_path: Path, storage: StorageSetup) -> None:
+    srv = PymailServer(tmp_path, workers=2, storage_config=storage.config)
     srv.cli("domain", "add", "example.test")
     srv.add_user("alice@example.test")
     srv.start()
