@@ -3,9 +3,10 @@
     python -m benchmarks.delivery --concurrency 1,10,50 --size 4k --count 2000
     scripts/bench.sh ...same options...
 
-Without `--target` it starts pymail itself on the embedded default (SQLite index + file
-blobs in a temporary data directory, a free loopback port for SMTP, every other listener
-off), adds a domain and one user per concurrency level with the `pymail` CLI, and drives
+Without `--target` it starts pymail itself, by default on the embedded default (SQLite
+index + file blobs in a temporary data directory, a free loopback port for SMTP, every
+other listener off; `--backend postgres` / `--blobs s3` start a private PostgreSQL
+cluster and a moto S3 server for the run instead), adds a domain and one user per concurrency level with the `pymail` CLI, and drives
 it with an asyncio SMTP load generator.  Per level it reports:
 
 * accepted msgs/s   250 replies to DATA per second of wall time of the load phase;
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"delivery path dominates, connection setup is ~1%% of the work)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="pymail's server.workers (default 1)")
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                   help="pymail's index: the embedded SQLite, or a private PostgreSQL cluster "
+                        "started for the run (fsync on, like production; default sqlite)")
+    p.add_argument("--blobs", choices=("file", "s3"), default="file",
+                   help="pymail's message store: files, or S3 on a moto server started for "
+                        "the run (moto is an in-memory stand-in for MinIO; default file)")
     p.add_argument("--target", metavar="HOST:PORT",
                    help="aim at an already-running SMTP server on loopback instead of starting "
                    "pymail (e2e is then n/a; CPU too unless --server-pid)")
@@ -569,7 +576,7 @@ def free_port() -> int:
 class PymailProcess:
     """`python -m pymail serve --config ...` on a free loopback port, data in `workdir`."""
 
-    def __init__(self, workdir: Path, workers: int) -> None:
+    def __init__(self, workdir: Path, workers: int, storage_config: str = "") -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.workers = workers
@@ -593,6 +600,7 @@ imaps = []
 pop3 = []
 pop3s = []
 http = []
+{storage_config}
 """
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -656,9 +664,11 @@ http = []
             self.cli("user", "add", address, "--password-stdin", input="bench-password\n")
 
     def open_store(self) -> Any:
-        from pymail.store import open_store
+        """The server's storage, opened through the same config."""
+        from pymail.app import open_configured_store
+        from pymail.config import load_config
 
-        return open_store(f"sqlite://{self.data_dir / 'index.sqlite3'}", f"file://{self.data_dir / 'blobs'}")
+        return open_configured_store(load_config(self.config_path))
 
     def stop(self, timeout: float = 45.0) -> int | None:
         if self.proc is None:
@@ -930,6 +940,33 @@ def main(argv: list[str] | None = None) -> int:
 _cleanup: list[Path] = []
 
 
+def start_storage_services(backend: str, blobs: str, workdir: Path, services: list[Any]) -> str:
+    """Start what `--backend postgres` / `--blobs s3` need (appended to `services` for
+    stopping) and return the [storage] TOML for pymail; "" for the embedded default."""
+    if backend == "sqlite" and blobs == "file":
+        return ""
+    sys.path.insert(0, str(REPO))  # the test services live in tests/services
+    lines = ["[storage]"]
+    if backend == "postgres":
+        from tests.services.postgres import PostgresService
+
+        pg = PostgresService(durable=True).start()
+        services.append(pg)
+        lines.append(f'index = "{pg.create_database_sync("bench")}"')
+    if blobs == "s3":
+        from tests.services.s3 import start_moto_service
+
+        s3 = start_moto_service(auth=False)
+        services.append(s3)
+        s3.create_bucket("pymail-bench")
+        secret = workdir / "s3.secret"
+        secret.write_text(s3.secret_access_key)
+        lines += ['blobs = "s3://pymail-bench"', "[storage.s3]",
+                  f'endpoint_url = "{s3.endpoint_url}"', f'access_key_id = "{s3.access_key_id}"',
+                  f'secret_access_key_file = "{secret}"']
+    return "\n".join(lines) + "\n"
+
+
 def _main(args: argparse.Namespace) -> int:
     target: tuple[str, int] | None = None
     if args.target:
@@ -947,12 +984,14 @@ def _main(args: argparse.Namespace) -> int:
 
     server: PymailProcess | None = None
     workdir: Path | None = None
+    services: list[Any] = []
     rows: list[LevelResult] = []
     meta: dict[str, Any] = {}
     try:
         if target is None:
             workdir = Path(tempfile.mkdtemp(prefix="pymail-bench-", dir=args.data_parent))
-            server = PymailProcess(workdir, args.workers)
+            storage_config = start_storage_services(args.backend, args.blobs, workdir, services)
+            server = PymailProcess(workdir, args.workers, storage_config)
             server.start()
             host, port, server_pid = server.host, server.port, server.proc.pid  # type: ignore[union-attr]
             rcpts = [args.rcpt] * len(args.concurrency) if args.rcpt else [
@@ -960,7 +999,8 @@ def _main(args: argparse.Namespace) -> int:
             warm_rcpt = args.rcpt or f"bench-warmup@{BENCH_DOMAIN}"
             for address in dict.fromkeys([*rcpts, *([warm_rcpt] if args.warmup else [])]):
                 server.ensure_user(address)
-            server_desc = f"pymail (embedded default, workers={args.workers}) on {host}:{port}, pid {server_pid}"
+            server_desc = (f"pymail ({args.backend} index + {args.blobs} blobs, workers={args.workers}) "
+                           f"on {host}:{port}, pid {server_pid}")
             fs = filesystem_of(server.data_dir)
         else:
             host, port = target
@@ -983,6 +1023,8 @@ def _main(args: argparse.Namespace) -> int:
                 "kind": "pymail" if target is None else "target",
                 "address": _hostport(host, port),
                 "workers": args.workers if target is None else None,
+                "index": args.backend if target is None else None,
+                "blobs": args.blobs if target is None else None,
                 "pid": server_pid,
                 "data_dir_filesystem": fs,
                 "git_revision": git_revision() if target is None else None,
@@ -1054,6 +1096,8 @@ def _main(args: argparse.Namespace) -> int:
             if bad:
                 print(f"  server log has {len(bad)} ERROR/Traceback lines, first: {bad[0][:200]}",
                       file=sys.stderr)
+        for service in reversed(services):
+            service.stop()
         if workdir is not None:
             if args.keep_data:
                 print(f"  kept {workdir} (config, data, pymail.log)")
