@@ -26,13 +26,14 @@ from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import Router
 from pymail.net import sdnotify
 from pymail.net.certs import ensure_embedded_certificates
+from pymail.net.http import HttpService
 from pymail.net.smtp import MxHandler, SmtpService
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
 
 #: Services named in [listen] that this version does not serve yet.
-NOT_YET_SERVED = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+NOT_YET_SERVED = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -129,7 +130,7 @@ class Worker:
     config: Config
     reuse_port: bool = False
     store: Store | None = None
-    services: list[SmtpService] = field(default_factory=list)
+    services: list[SmtpService | HttpService] = field(default_factory=list)
     sweeper: asyncio.Future[None] | None = None
 
     async def start(self) -> list[str]:
@@ -158,6 +159,17 @@ class Worker:
                 raise StartupError(f"listen.smtp: cannot listen on {cfg.listen.smtp}: {e.strerror or e}") from None
             self.services.append(smtp)
             lines += [f"smtp listening on {a}" for a in bound]
+        if cfg.listen.http:
+            http = HttpService(
+                [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port
+            )
+            try:
+                bound = await http.start()
+            except OSError as e:
+                await http.stop()
+                raise StartupError(f"listen.http: cannot listen on {cfg.listen.http}: {e.strerror or e}") from None
+            self.services.append(http)
+            lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
         return lines
 
     def start_sweeper(self) -> None:

@@ -35,10 +35,12 @@ class PymailServer:
     """A pymail child process with its own data directory and config."""
 
     def __init__(self, workdir: Path, *, extra_config: str = "", hostname: str = "mx.test.example",
-                 workers: int = 1, storage_config: str = "", port: int | None = None) -> None:
+                 workers: int = 1, storage_config: str = "", port: int | None = None,
+                 http: bool = False) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.port = port or free_port()
+        self.http_port = free_port() if http else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
         self.config_path.write_text(
@@ -56,7 +58,7 @@ imap = []
 imaps = []
 pop3 = []
 pop3s = []
-http = []
+http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
 {storage_config}
 {extra_config}
 """
@@ -104,6 +106,18 @@ http = []
         self.proc.kill()
         self.proc.wait(10)
         self.log_file.close()
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """(status, body) of a GET on the HTTP service."""
+        import urllib.error
+        import urllib.request
+
+        assert self.http_port is not None, "started without http=True"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

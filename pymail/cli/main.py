@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
@@ -117,6 +119,13 @@ def _yes_no(flag: bool) -> str:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    if config.server.workers > 1:
+        # Workers add up their metrics through files (prometheus_client's multiprocess
+        # mode), which it chooses when first imported: set the directory before that.
+        metrics_dir = config.server.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from pymail.app import serve
 
     return serve(config)

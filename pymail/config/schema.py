@@ -131,7 +131,8 @@ class ListenConfig(_Section):
     )
     http: list[HostPort] = Field(
         default=["127.0.0.1:2080"],
-        description="Health, metrics and client autoconfiguration over HTTP. Not served yet.",
+        description="Monitoring over HTTP: /healthz (storage reachable) and /metrics "
+        "(Prometheus). No authentication: keep it on loopback or a monitoring network.",
     )
 
 

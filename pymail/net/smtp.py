@@ -32,11 +32,13 @@ import datetime as _dt
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from pymail import metrics
 from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import RecipientStatus, Router
 from pymail.mail import trace
@@ -294,7 +296,9 @@ class MxHandler:
         deliverer: LocalDeliverer,
         hostname: str,
         max_recipients: int,
+        service: str = "smtp",
     ) -> None:
+        self.service = service  #: the [listen] name, a metrics label
         self.router = router
         self.deliverer = deliverer
         self.hostname = hostname
@@ -367,6 +371,7 @@ class MxHandler:
         reply, reason, canonical, users = await self._route(session, envelope, address)
         if users is None:
             self._log(envelope, session, "reject", reply, to=f"<{canonical}>", extra=f"reason={reason}")
+            metrics.SMTP_RECIPIENTS_REFUSED.labels(self.service, reason.split("(", 1)[0]).inc()
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -401,6 +406,7 @@ class MxHandler:
         try:
             resolution = await self.router.resolve(canonical)
         except StorageError as e:
+            metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
             return Reply.TEMPFAIL, f"storage({e})", canonical, None
         status = resolution.status
         if status is RecipientStatus.LOCAL:
@@ -423,6 +429,7 @@ class MxHandler:
     ) -> None:
         """Not an aiosmtpd hook: PymailSMTP calls it when DATA content is refused."""
         self._log(envelope, session, "reject", reply, extra=f"reason={reason.replace(' ', '_')}")
+        metrics.SMTP_TRANSACTIONS.labels(self.service, "reject").inc()
 
     async def handle_DATA(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope
@@ -456,6 +463,7 @@ class MxHandler:
             when=now,
         )
         message = headers + content
+        started = time.perf_counter()
         try:
             result = await self.deliverer.deliver(
                 message, list(envelope.targets.values()), internal_date=now
@@ -463,12 +471,18 @@ class MxHandler:
         except StorageError as e:
             self._log(envelope, session, "tempfail", Reply.TEMPFAIL, size=len(message),
                       extra=f"reason=storage({_safe(e)})")
+            metrics.STORAGE_ERRORS.labels("deliver").inc()
+            metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
             return Reply.TEMPFAIL
         except Exception:
             log.exception("%s: delivery failed", envelope.queue_id)
             self._log(envelope, session, "tempfail", Reply.TEMPFAIL, size=len(message),
                       extra="reason=internal_error")
+            metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
             return Reply.TEMPFAIL
+        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        metrics.MESSAGE_BYTES.inc(len(message))
+        metrics.SMTP_TRANSACTIONS.labels(self.service, "accepted").inc()
         reply = Reply.QUEUED.format(queue_id=envelope.queue_id)
         self._log(envelope, session, "accepted", reply, size=len(message),
                   extra=f"mailboxes={len(result.stored)} blob={result.blob_key[:16]}")

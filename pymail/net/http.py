@@ -1,0 +1,66 @@
+"""The HTTP service: health and metrics for monitoring (aiohttp).
+
+* `GET /healthz`: 200 `ok` when the storage backends answer (the database and the blob
+  store, each reached once, within 5 s), else 503 with one line naming what failed.
+  For load balancers and systemd watchdogs; it reveals nothing but the failing part.
+* `GET /metrics`: Prometheus text exposition of `pymail.metrics`.
+
+Listen on loopback or a monitoring network only (`[listen] http`): neither endpoint
+authenticates.  Other paths are 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from pymail import metrics
+from pymail.store import StorageError, Store
+
+log = logging.getLogger("pymail.http")
+
+HEALTH_TIMEOUT = 5.0
+
+
+class HttpService:
+    """/healthz and /metrics on the given addresses."""
+
+    def __init__(self, addresses: list[tuple[str, int]], store: Store, *, reuse_port: bool = False) -> None:
+        self.addresses = addresses
+        self.store = store
+        self.reuse_port = reuse_port
+        self.runner: web.AppRunner | None = None
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(self.store.check(), HEALTH_TIMEOUT)
+        except StorageError as e:
+            return web.Response(status=503, text=f"storage: {e}\n")
+        except asyncio.TimeoutError:
+            return web.Response(status=503, text="storage: no answer within 5 s\n")
+        return web.Response(text="ok\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def start(self) -> list[str]:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        bound = []
+        for host, port in self.addresses:
+            site = web.TCPSite(self.runner, host, port, reuse_port=self.reuse_port or None)
+            await site.start()
+            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
+                addr = sock.getsockname()
+                bound.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+        return bound
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
