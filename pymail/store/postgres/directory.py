@@ -3,8 +3,8 @@
 The same behaviour as `SqliteDirectory` (the conformance suite runs both):
 
 * Domain names and addresses are lower-cased on write and on lookup (plain ``=`` so the
-  UNIQUE indexes serve every lookup); validation is the SQLite backend's own
-  (`normalize_domain`, `normalize_address`).
+  UNIQUE indexes serve every lookup); validation follows `pymail.store.rules`
+  (`normalize_domain`, `normalize_address`), as in the SQLite backend.
 * The seed's CHECK on `domains.auth_type` is the authority on valid values: a refused
   value is reported as `ValueError`.
 * Removing a domain removes its aliases and users explicitly (an operator's older tables
@@ -25,7 +25,7 @@ import asyncpg.exceptions as pgerr
 
 from pymail.store.interfaces import Alias, AlreadyExists, Domain, NotFound, User
 from pymail.store.postgres.database import PostgresDatabase
-from pymail.store.sqlite.directory import normalize_address, normalize_domain
+from pymail.store.rules import normalize_address, normalize_domain
 
 __all__ = ["PostgresDirectory", "bool_from_db", "timestamp_from_db"]
 

@@ -55,7 +55,7 @@ from pymail.store.interfaces import (
     Stored,
 )
 from pymail.store.postgres.database import PostgresDatabase, describe_error, is_connection_error
-from pymail.store.sqlite.index import _flags_to_db, mailbox_name
+from pymail.store.rules import aware, flags_to_text, mailbox_name
 
 __all__ = ["CHANNEL", "PostgresChangeStream", "PostgresIndex"]
 
@@ -173,12 +173,6 @@ def _forgotten(blob_key: str) -> StorageError:
     return StorageError(f"blob {blob_key} was forgotten by a concurrent sweep; retry")
 
 
-def _aware(value: _dt.datetime) -> _dt.datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: internal dates must be timezone-aware")
-    return value
-
-
 class PostgresIndex:
     """The `Index` and `ChangeFeed` on a `PostgresDatabase` (see the module docstring).
 
@@ -288,9 +282,9 @@ class PostgresIndex:
         exist.  Results are in target order."""
         if delivery.size < 0:
             raise ValueError(f"negative size {delivery.size}")
-        internal_date = _aware(delivery.internal_date)
+        internal_date = aware(delivery.internal_date)
         targets = [
-            (t.user_id, mailbox_name(t.mailbox), _flags_to_db(t.flags)) for t in delivery.targets
+            (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
         ]
         if not targets:
             return []

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pymail.store.interfaces import StorageError
+from pymail.store.rules import aware
 from pymail.store.sqlite import schema
 
 __all__ = [
@@ -442,9 +443,7 @@ def bool_from_db(value: object) -> bool:
 
 def micros_from_datetime(value: _dt.datetime) -> int:
     """Exact integer microseconds since the epoch (no float rounding)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: internal dates must be timezone-aware")
-    return (value - _EPOCH) // _dt.timedelta(microseconds=1)
+    return (aware(value) - _EPOCH) // _dt.timedelta(microseconds=1)
 
 
 def datetime_from_micros(value: int) -> _dt.datetime:

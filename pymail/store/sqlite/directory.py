@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from pymail.store.interfaces import Alias, AlreadyExists, Domain, NotFound, User
+from pymail.store.rules import normalize_address, normalize_domain
 from pymail.store.sqlite.database import (
     SqliteDatabase,
     bool_from_db,
@@ -28,31 +29,13 @@ from pymail.store.sqlite.database import (
     timestamp_from_db,
 )
 
-__all__ = ["SqliteDirectory", "normalize_address", "normalize_domain"]
+__all__ = ["SqliteDirectory"]
 
 _DOMAIN_COLUMNS = (
     "id, domain_name, transport, company_id, auth_type, ldap_base_dn, is_active, created_at"
 )
 _USER_COLUMNS = "id, domain_id, email, password, quota, is_active, created_at"
 _ALIAS_COLUMNS = "id, domain_id, source, destination, is_active"
-
-
-def normalize_domain(name: str) -> str:
-    """`name` in lower case; `ValueError` if it cannot be a domain name."""
-    value = name.lower()
-    if not value or "@" in value or any(c.isspace() for c in value):
-        raise ValueError(f"invalid domain name {name!r}")
-    return value
-
-
-def normalize_address(address: str, *, allow_empty_local: bool = False) -> tuple[str, str]:
-    """(`address` in lower case, its domain); `ValueError` unless it is ``local@domain``
-    (or ``@domain`` when `allow_empty_local`, the catch-all alias source)."""
-    value = address.lower()
-    local, at, domain = value.rpartition("@")
-    if not at or (not local and not allow_empty_local) or any(c.isspace() for c in value):
-        raise ValueError(f"invalid address {address!r}")
-    return value, normalize_domain(domain)
 
 
 def _domain(row: sqlite3.Row | tuple) -> Domain:

@@ -45,6 +45,7 @@ from pymail.store.interfaces import (
     StorageError,
     Stored,
 )
+from pymail.store.rules import flags_to_text, mailbox_name
 from pymail.store.sqlite.database import (
     SqliteDatabase,
     bool_from_db,
@@ -53,27 +54,13 @@ from pymail.store.sqlite.database import (
     micros_from_datetime,
 )
 
-__all__ = ["SqliteChangeStream", "SqliteIndex", "mailbox_name"]
+__all__ = ["SqliteChangeStream", "SqliteIndex"]
 
 _MAILBOX_COLUMNS = (
     "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
 )
 _MESSAGE_COLUMNS = "mailbox_id, uid, blob_key, size, internal_date, flags, modseq"
 _UIDVALIDITY_MAX = 0xFFFFFFFF  # a 32-bit nz-number
-
-
-def mailbox_name(name: str) -> str:
-    """The stored spelling of a mailbox name: INBOX in any case is "INBOX"."""
-    if not name or any(c in name for c in "\r\n\0"):
-        raise ValueError(f"invalid mailbox name {name!r}")
-    return "INBOX" if name.upper() == "INBOX" else name
-
-
-def _flags_to_db(flags: frozenset[str] | Sequence[str]) -> str:
-    for flag in flags:
-        if not flag or any(c.isspace() for c in flag):
-            raise ValueError(f"invalid flag {flag!r}")
-    return " ".join(sorted(flags))
 
 
 def _mailbox(row: tuple) -> Mailbox:
@@ -228,7 +215,7 @@ class SqliteIndex:
             raise ValueError(f"negative size {delivery.size}")
         internal_date = micros_from_datetime(delivery.internal_date)
         targets = [
-            (t.user_id, mailbox_name(t.mailbox), _flags_to_db(t.flags)) for t in delivery.targets
+            (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
         ]
         if not targets:
             return []
