@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,6 @@ from tests.pymail_harness import REPO, PymailServer
 
 def run(*args: str, input: str | None = None, env_extra: dict[str, str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYMAIL_")}
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "pymail", *args], input=input, capture_output=True,
@@ -54,8 +56,6 @@ def test_directory_round_trip(srv: PymailServer) -> None:
     assert len(srv.cli("alias", "list").stdout.splitlines()) == 1
 
     # the default mailboxes exist with their special-use flags
-    import asyncio
-
     async def mailboxes() -> list[tuple[str, str | None]]:
         store = srv.store()
         try:
@@ -191,3 +191,35 @@ def test_example_config_is_valid_and_complete() -> None:
             found.add((section, m.group(1)))
     for section_name, name in keys(Config, ""):
         assert (section_name, name) in found, f"{section_name}.{name} is not in conf/pymail.toml"
+
+
+def test_store_gc_deletes_old_orphans_only(srv: PymailServer) -> None:
+    srv.add_user("alice@example.test")
+    srv.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as client:
+            client.sendmail("c@remote.example", ["alice@example.test"], b"Subject: kept\r\n\r\nx\r\n")
+    finally:
+        srv.stop()
+    [kept] = srv.blob_keys()
+
+    async def put_orphan() -> str:
+        store = srv.store()
+        try:
+            return await store.blobs.put(b"Subject: orphan\r\n\r\ncrash before the index commit\r\n")
+        finally:
+            await store.close()
+
+    orphan = asyncio.run(put_orphan())
+    result = srv.cli("store", "gc")
+    assert result.stdout.startswith("2 blobs: 0 orphans deleted"), result.stdout  # both young
+    two_hours_ago = time.time() - 7200
+    for key in (kept, orphan):
+        path = srv.data_dir / "blobs" / key[:2] / key[2:4] / key
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    result = srv.cli("store", "gc")
+    assert result.stdout.startswith("2 blobs: 1 orphans deleted"), result.stdout
+    assert "1 in use" in result.stdout
+    assert srv.blob_keys() == [kept]
+    assert one_line_error(srv.cli("store", "gc", "--grace", "5", check=False)).endswith(
+        "--grace must be at least 60 seconds (deliveries in progress need it)")
