@@ -1,0 +1,24 @@
+"""IMAP4rev1/rev2 protocol machine, sans-IO (RFC 3501, RFC 9051).
+
+Today this package holds the command parser (``parser.CommandReader``), its two error
+types (``errors``), the typed command arguments (``types``) and the per-state command
+sets (``states``).  The response encoder and the session state machine come next.
+"""
+
+from pymail.proto.imap.errors import BadCommand, FatalProtocolError
+from pymail.proto.imap.parser import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    CommandReader,
+    ContinuationLine,
+    IdleDone,
+    NeedContinuation,
+)
+from pymail.proto.imap.states import COMMANDS_BY_STATE, ConnectionState, command_allowed
+from pymail.proto.imap.types import Command, SequenceSet
+
+__all__ = [
+    "BadCommand", "FatalProtocolError", "CONNECTION_CLOSED", "NEED_DATA", "CommandReader",
+    "ContinuationLine", "IdleDone", "NeedContinuation", "COMMANDS_BY_STATE",
+    "ConnectionState", "command_allowed", "Command", "SequenceSet",
+]
