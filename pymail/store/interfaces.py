@@ -218,6 +218,25 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """What STATUS and SELECT report about a mailbox."""
+
+    mailbox: Mailbox
+    messages: int
+    unseen: int  #: messages without \\Seen
+    deleted: int  #: messages with \\Deleted
+    size: int  #: sum of RFC822.SIZE (RFC 8438 STATUS SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """The outcome of `Index.store_flags`."""
+
+    changed: list[MessageRecord]  #: messages whose flags changed, with their new MODSEQ
+    failed: list[int]  #: UIDs refused by UNCHANGEDSINCE (RFC 7162 MODIFIED response)
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     """Where one target's copy landed."""
 
@@ -256,6 +275,67 @@ class Index(Protocol):
         self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None
     ) -> list[MessageRecord]:
         """Messages in UID order (inclusive range)."""
+        ...
+
+    # -- changes an IMAP/POP3 session makes (RFC 3501 section 6.3, 6.4; RFC 7162) --------
+    # Each call is one transaction; each changed message gets MODSEQ = the mailbox's new
+    # HIGHESTMODSEQ; each call that changes a mailbox is announced on the ChangeFeed.
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+
+    async def mailbox_status(self, mailbox_id: int) -> "MailboxStatus":
+        """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
+        ...
+
+    async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
+        """Rename a mailbox and its children (hierarchy separator "/"), keeping
+        UIDVALIDITY and messages.  Renaming INBOX moves its messages into a new mailbox
+        `new` and leaves INBOX empty (RFC 3501 section 6.3.5).  `NotFound`,
+        `AlreadyExists`."""
+        ...
+
+    async def delete_mailbox(self, user_id: int, name: str) -> None:
+        """Delete the mailbox and its message rows (their blobs become orphans for the
+        sweeper).  INBOX cannot be deleted (`ValueError`); `NotFound`."""
+        ...
+
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
+        """`NotFound` if there is no such mailbox."""
+        ...
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: frozenset[str],
+        mode: str,
+        *,
+        unchanged_since: int | None = None,
+    ) -> "FlagUpdate":
+        """Change the flags of the listed messages: `mode` is "add", "remove" or
+        "replace" (STORE +FLAGS / -FLAGS / FLAGS).  Messages whose flags do not change
+        keep their MODSEQ.  With `unchanged_since` (RFC 7162 section 3.1.3), messages
+        whose MODSEQ is greater are left alone and reported as `failed`.  Absent UIDs
+        are ignored."""
+        ...
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only those among `uids` when given:
+        UID EXPUNGE, RFC 4315); returns the removed UIDs in ascending order."""
+        ...
+
+    async def copy_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """Copy (flags and internal date kept) in ascending UID order; returns
+        (source UID, new UID) pairs for COPYUID (RFC 4315).  Absent UIDs are ignored.
+        Both mailboxes must belong to the same user (`ValueError` otherwise)."""
+        ...
+
+    async def move_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """Copy then remove from the source, atomically (RFC 6851 MOVE)."""
         ...
 
     async def get_structure(self, blob_key: str) -> str | None:

@@ -16,7 +16,19 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 
-__all__ = ["aware", "flags_to_text", "mailbox_name", "normalize_address", "normalize_domain"]
+from pymail.store.interfaces import AlreadyExists
+
+__all__ = [
+    "FLAG_MODES",
+    "aware",
+    "check_rename",
+    "flags_to_text",
+    "mailbox_name",
+    "normalize_address",
+    "normalize_domain",
+    "plan_flags",
+    "uid_set",
+]
 
 
 def normalize_domain(name: str) -> str:
@@ -57,3 +69,53 @@ def aware(value: _dt.datetime) -> _dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value!r}: internal dates must be timezone-aware")
     return value
+
+
+# The rules of the session-change methods (STORE, EXPUNGE, COPY/MOVE, RENAME).
+
+#: `Index.store_flags` modes: STORE +FLAGS, -FLAGS, FLAGS.
+FLAG_MODES = ("add", "remove", "replace")
+
+
+def uid_set(uids: Sequence[int]) -> list[int]:
+    """The distinct UIDs, ascending; `ValueError` for one that is not a positive int."""
+    out = set()
+    for uid in uids:
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 1:
+            raise ValueError(f"invalid UID {uid!r}")
+        out.add(uid)
+    return sorted(out)
+
+
+def check_rename(old: str, new: str) -> None:
+    """`AlreadyExists` for a rename onto itself, `ValueError` for one under itself."""
+    if old == new:
+        raise AlreadyExists(f"mailbox {new!r} exists")
+    if old != "INBOX" and new.startswith(old + "/"):
+        raise ValueError(f"cannot rename {old!r} under itself ({new!r})")
+
+
+def plan_flags(
+    rows: Sequence[tuple[int, str, int]],
+    wanted: frozenset[str],
+    mode: str,
+    unchanged_since: int | None,
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """For rows (uid, stored flags, modseq) in UID order: the (uid, new flags text) that
+    change and the UIDs refused by UNCHANGEDSINCE (RFC 7162 section 3.1.3)."""
+    updates: list[tuple[int, str]] = []
+    failed: list[int] = []
+    for uid, text, modseq in rows:
+        if unchanged_since is not None and modseq > unchanged_since:
+            failed.append(int(uid))
+            continue
+        have = frozenset(text.split())
+        if mode == "add":
+            after = have | wanted
+        elif mode == "remove":
+            after = have - wanted
+        else:
+            after = wanted
+        if after != have:
+            updates.append((int(uid), flags_to_text(after)))
+    return updates, failed

@@ -39,7 +39,7 @@ import datetime as _dt
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -47,15 +47,26 @@ from pymail.store.interfaces import (
     DEFAULT_MAILBOXES,
     AlreadyExists,
     Delivery,
+    FlagUpdate,
     Mailbox,
     MailboxChange,
+    MailboxStatus,
     MessageRecord,
     NotFound,
     StorageError,
     Stored,
 )
 from pymail.store.postgres.database import PostgresDatabase, describe_error, is_connection_error
-from pymail.store.rules import aware, flags_to_text, mailbox_name
+from pymail.store.rules import (
+    FLAG_MODES,
+    aware,
+    check_rename,
+    flags_to_text,
+    mailbox_name,
+    plan_flags,
+    uid_set,
+)
+# The session-change value rules, shared so both backends behave identically.
 
 __all__ = ["CHANNEL", "PostgresChangeStream", "PostgresIndex"]
 
@@ -129,6 +140,33 @@ WITH mb AS (
 SELECT id, uid,
        pg_notify('{CHANNEL}', concat_ws(' ', user_id, id, uidnext, highestmodseq))::text
   FROM mb"""
+
+#: Bump a mailbox changed by a session call once: HIGHESTMODSEQ + 1, UIDNEXT + $2 (UIDs
+#: taken), stamp change_xid and announce it as `deliver` does.  $1 mailbox id, $2 count.
+#: Returns the first UID taken and the new HIGHESTMODSEQ.
+_BUMP = f"""
+WITH mb AS (
+    UPDATE mailboxes
+       SET uidnext = uidnext + $2::bigint,
+           highestmodseq = highestmodseq + 1,
+           change_xid = pg_current_xact_id()
+     WHERE id = $1
+ RETURNING id, user_id, uidnext, highestmodseq
+)
+SELECT uidnext - $2::bigint, highestmodseq,
+       pg_notify('{CHANNEL}', concat_ws(' ', user_id, id, uidnext, highestmodseq))::text
+  FROM mb"""
+
+#: A mailbox and its STATUS counts in one statement.  $1 mailbox id.
+_STATUS = f"""
+SELECT {_MAILBOX_COLUMNS},
+       (SELECT count(*) FROM messages WHERE mailbox_id = $1),
+       (SELECT count(*) FROM messages WHERE mailbox_id = $1
+           AND position(' \\Seen ' in ' ' || flags || ' ') = 0),
+       (SELECT count(*) FROM messages WHERE mailbox_id = $1
+           AND position(' \\Deleted ' in ' ' || flags || ' ') > 0),
+       (SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = $1)
+  FROM mailboxes WHERE id = $1"""
 
 _FORGET_BLOB = """
 WITH gone AS (
@@ -377,6 +415,298 @@ class PostgresIndex:
                 uid_max,
             )
         return [_message(r) for r in rows]
+
+    # ------------------------------------------------------------------ session changes
+    #
+    # Each method below is one transaction.  It first locks the mailbox rows it changes
+    # (``FOR UPDATE``, ascending id, as deliveries do), so concurrent calls on a mailbox
+    # are serialised.  A changed mailbox is bumped once (`_BUMP`: HIGHESTMODSEQ + 1,
+    # UIDNEXT + the UIDs taken, change_xid, pg_notify as `deliver`); the messages it
+    # changed get the new HIGHESTMODSEQ as MODSEQ.
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1", mailbox_id
+        )
+        return _mailbox(row) if row else None
+
+    @staticmethod
+    async def _lock_mailboxes(conn: asyncpg.Connection, *ids: int) -> dict[int, Mailbox]:
+        """Lock the mailboxes (ascending id); `NotFound` if one does not exist."""
+        rows = await conn.fetch(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ANY($1::int[])"
+            " ORDER BY id FOR UPDATE",
+            sorted(set(ids)),
+        )
+        boxes = {r[0]: _mailbox(r) for r in rows}
+        for i in ids:
+            if i not in boxes:
+                raise NotFound(f"no mailbox with id {i}")
+        return boxes
+
+    @staticmethod
+    async def _bump(
+        conn: asyncpg.Connection, mailbox_id: int, take: int = 0
+    ) -> tuple[int, int]:
+        row = await conn.fetchrow(_BUMP, mailbox_id, take)
+        if row is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return int(row[0]), int(row[1])
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        """Counts for STATUS/SELECT (one statement, one snapshot); `NotFound`."""
+        row = await self.db.fetchrow(_STATUS, mailbox_id)
+        if row is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return MailboxStatus(
+            _mailbox(row[:8]), int(row[8]), int(row[9]), int(row[10]), int(row[11])
+        )
+
+    async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
+        """Rename `old` and its children (see `Index.rename_mailbox`); renaming INBOX
+        moves its messages to a new mailbox `new` (with a new UIDVALIDITY, the messages
+        keep their UIDs) and leaves INBOX and its children as they are.  `ValueError` for
+        a name under `old` itself."""
+        old_name, new_name = mailbox_name(old), mailbox_name(new)
+        check_rename(old_name, new_name)
+
+        async def tx(conn: asyncpg.Connection) -> Mailbox:
+            prefix = old_name + "/"
+            rows = await conn.fetch(
+                "SELECT id, name FROM mailboxes WHERE user_id = $1"
+                " AND (name = $2 OR left(name, $3) = $4) ORDER BY id FOR UPDATE",
+                user_id,
+                old_name,
+                len(prefix),
+                prefix,
+            )
+            source_id = next((r[0] for r in rows if r[1] == old_name), None)
+            if source_id is None:
+                raise NotFound(f"no mailbox {old_name!r}")
+            if await conn.fetchval(
+                "SELECT 1 FROM mailboxes WHERE user_id = $1 AND name = $2", user_id, new_name
+            ):
+                raise AlreadyExists(f"mailbox {new_name!r} exists")
+            if old_name == "INBOX":
+                uidvalidity = await self._next_uidvalidity(conn)
+                try:
+                    target_id = await conn.fetchval(
+                        "INSERT INTO mailboxes (user_id, name, special_use, uidvalidity, uidnext)"
+                        " SELECT user_id, $2, NULL, $3, uidnext FROM mailboxes WHERE id = $1"
+                        " RETURNING id",
+                        source_id,
+                        new_name,
+                        uidvalidity,
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise AlreadyExists(f"mailbox {new_name!r} exists") from None
+                _, modseq = await self._bump(conn, target_id)
+                moved = await conn.execute(
+                    "UPDATE messages SET mailbox_id = $1, modseq = $2 WHERE mailbox_id = $3",
+                    target_id,
+                    modseq,
+                    source_id,
+                )
+                if moved != "UPDATE 0":
+                    await self._bump(conn, source_id)
+                return await self._fetch_mailbox(conn, target_id)
+            boxes = [(r[0], r[1]) for r in rows if r[1] == old_name or r[1].startswith(prefix)]
+            renamed = {i: new_name + n[len(old_name):] for i, n in boxes}
+            taken = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT name FROM mailboxes WHERE user_id = $1 AND name = ANY($2::text[])",
+                    user_id,
+                    list(renamed.values()),
+                )
+            } - {n for _, n in boxes}
+            if taken:
+                raise AlreadyExists(f"mailbox {min(taken)!r} exists")
+            # Two steps, so no row collides with one not renamed yet.
+            await conn.execute(
+                "UPDATE mailboxes SET name = chr(1) || id::text WHERE id = ANY($1::int[])",
+                list(renamed),
+            )
+            try:
+                await conn.execute(
+                    "UPDATE mailboxes m SET name = t.name"
+                    " FROM unnest($1::int[], $2::text[]) AS t(id, name) WHERE m.id = t.id",
+                    list(renamed),
+                    list(renamed.values()),
+                )
+            except asyncpg.UniqueViolationError:  # created meanwhile
+                raise AlreadyExists(f"mailbox {new_name!r} exists") from None
+            for i in sorted(renamed):
+                await self._bump(conn, i)
+            return await self._fetch_mailbox(conn, source_id)
+
+        return await self.db.run(tx)
+
+    @staticmethod
+    async def _fetch_mailbox(conn: asyncpg.Connection, mailbox_id: int) -> Mailbox:
+        row = await conn.fetchrow(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1", mailbox_id
+        )
+        if row is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return _mailbox(row)
+
+    async def delete_mailbox(self, user_id: int, name: str) -> None:
+        """Delete the mailbox (not its children) and its message rows; the blobs and
+        their `message_blobs` rows stay for the orphan sweeper.  `ValueError` for INBOX,
+        `NotFound`."""
+        stored_name = mailbox_name(name)
+        if stored_name == "INBOX":
+            raise ValueError("INBOX cannot be deleted")
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            mailbox_id = await conn.fetchval(
+                "SELECT id FROM mailboxes WHERE user_id = $1 AND name = $2 FOR UPDATE",
+                user_id,
+                stored_name,
+            )
+            if mailbox_id is None:
+                raise NotFound(f"no mailbox {stored_name!r}")
+            await conn.execute("DELETE FROM messages WHERE mailbox_id = $1", mailbox_id)
+            await conn.execute("DELETE FROM mailboxes WHERE id = $1", mailbox_id)
+
+        await self.db.run(tx)
+
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
+        """`NotFound` if there is no such mailbox."""
+        found = await self.db.execute_fetchval(
+            "UPDATE mailboxes SET subscribed = $3 WHERE user_id = $1 AND name = $2 RETURNING id",
+            user_id,
+            mailbox_name(name),
+            bool(subscribed),
+        )
+        if found is None:
+            raise NotFound(f"no mailbox {mailbox_name(name)!r}")
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: frozenset[str],
+        mode: str,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """STORE (see `Index.store_flags`); `NotFound` for no mailbox, `ValueError` for a
+        bad flag or mode."""
+        wanted = frozenset(flags_to_text(flags).split())
+        if mode not in FLAG_MODES:
+            raise ValueError(f"invalid store mode {mode!r}")
+        uid_list = uid_set(uids)
+
+        async def tx(conn: asyncpg.Connection) -> FlagUpdate:
+            await self._lock_mailboxes(conn, mailbox_id)
+            rows = await conn.fetch(
+                "SELECT uid, flags, modseq FROM messages"
+                " WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) ORDER BY uid",
+                mailbox_id,
+                uid_list,
+            )
+            updates, failed = plan_flags(
+                [(r[0], r[1], r[2]) for r in rows], wanted, mode, unchanged_since
+            )
+            if not updates:
+                return FlagUpdate(changed=[], failed=failed)
+            _, modseq = await self._bump(conn, mailbox_id)
+            changed = await conn.fetch(
+                "UPDATE messages m SET flags = t.flags, modseq = $2"
+                " FROM unnest($3::bigint[], $4::text[]) AS t(uid, flags)"
+                " WHERE m.mailbox_id = $1 AND m.uid = t.uid"
+                " RETURNING m.mailbox_id, m.uid, m.blob_key, m.size, m.internal_date,"
+                " m.flags, m.modseq",
+                mailbox_id,
+                modseq,
+                [u for u, _ in updates],
+                [f for _, f in updates],
+            )
+            records = sorted((_message(r) for r in changed), key=lambda m: m.uid)
+            return FlagUpdate(changed=records, failed=failed)
+
+        return await self.db.run(tx)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (only among `uids` if given); their UIDs,
+        ascending.  UIDNEXT stays; `NotFound` for no mailbox."""
+        uid_list = None if uids is None else uid_set(uids)
+
+        async def tx(conn: asyncpg.Connection) -> list[int]:
+            await self._lock_mailboxes(conn, mailbox_id)
+            rows = await conn.fetch(
+                "DELETE FROM messages WHERE mailbox_id = $1"
+                " AND position(' \\Deleted ' in ' ' || flags || ' ') > 0"
+                " AND ($2::bigint[] IS NULL OR uid = ANY($2::bigint[]))"
+                " RETURNING uid",
+                mailbox_id,
+                uid_list,
+            )
+            gone = sorted(int(r[0]) for r in rows)
+            if gone:
+                await self._bump(conn, mailbox_id)
+            return gone
+
+        return await self.db.run(tx)
+
+    async def copy_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """COPY (see `Index.copy_messages`); `NotFound` for a missing mailbox."""
+        return await self._copy(source_mailbox_id, uids, target_mailbox_id, move=False)
+
+    async def move_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """MOVE: copy then remove from the source, in one transaction."""
+        return await self._copy(source_mailbox_id, uids, target_mailbox_id, move=True)
+
+    async def _copy(
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+    ) -> list[tuple[int, int]]:
+        uid_list = uid_set(uids)
+
+        async def tx(conn: asyncpg.Connection) -> list[tuple[int, int]]:
+            boxes = await self._lock_mailboxes(conn, source_id, target_id)
+            if boxes[source_id].user_id != boxes[target_id].user_id:
+                raise ValueError("source and target mailboxes belong to different users")
+            found = [
+                int(r[0])
+                for r in await conn.fetch(
+                    "SELECT uid FROM messages WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])"
+                    " ORDER BY uid",
+                    source_id,
+                    uid_list,
+                )
+            ]
+            if not found:
+                return []
+            first, modseq = await self._bump(conn, target_id, len(found))
+            pairs = [(uid, first + i) for i, uid in enumerate(found)]
+            await conn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS})"
+                " SELECT $1, t.new, m.blob_key, m.size, m.internal_date, m.flags, $2"
+                " FROM unnest($4::bigint[], $5::bigint[]) AS t(old, new)"
+                " JOIN messages m ON m.mailbox_id = $3 AND m.uid = t.old",
+                target_id,
+                modseq,
+                source_id,
+                [old for old, _ in pairs],
+                [new for _, new in pairs],
+            )
+            if move:
+                await conn.execute(
+                    "DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])",
+                    source_id,
+                    found,
+                )
+                if source_id != target_id:
+                    await self._bump(conn, source_id)
+            return pairs
+
+        return await self.db.run(tx)
 
     async def get_structure(self, blob_key: str) -> str | None:
         """The JSON structure stored with the blob at delivery."""

@@ -29,6 +29,7 @@ connection committed), so idle streams are nearly free.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections import deque
@@ -38,14 +39,16 @@ from pymail.store.interfaces import (
     DEFAULT_MAILBOXES,
     AlreadyExists,
     Delivery,
+    FlagUpdate,
     Mailbox,
     MailboxChange,
+    MailboxStatus,
     MessageRecord,
     NotFound,
     StorageError,
     Stored,
 )
-from pymail.store.rules import flags_to_text, mailbox_name
+from pymail.store.rules import FLAG_MODES, check_rename, flags_to_text, mailbox_name, plan_flags, uid_set
 from pymail.store.sqlite.database import (
     SqliteDatabase,
     bool_from_db,
@@ -301,6 +304,274 @@ class SqliteIndex:
             return [_message(r) for r in rows]
 
         return await self.db.read(query)
+
+    # ------------------------------------------------------------------ session changes
+    #
+    # Each method below is one write job (one transaction).  A mailbox changed by a call
+    # is bumped once (`_bump`: HIGHESTMODSEQ + 1, UIDNEXT + the UIDs taken) and stamped
+    # with the call's value of the change counter, so `watch()` reports it; the messages
+    # it changed get the new HIGHESTMODSEQ as MODSEQ.
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        return await self.db.read(lambda conn: self._mailbox_by_id(conn, mailbox_id))
+
+    @staticmethod
+    def _mailbox_by_id(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox | None:
+        row = conn.execute(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return _mailbox(row) if row else None
+
+    def _require_mailbox(self, conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
+        box = self._mailbox_by_id(conn, mailbox_id)
+        if box is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return box
+
+    @staticmethod
+    def _bump(
+        conn: sqlite3.Connection, mailbox_id: int, change: int, take: int = 0
+    ) -> tuple[int, int]:
+        """Raise the mailbox's HIGHESTMODSEQ once and UIDNEXT by `take`, stamp it with
+        `change`; (the first UID taken, the new HIGHESTMODSEQ)."""
+        row = conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1,"
+            " change_seq = ? WHERE id = ? RETURNING uidnext - ?, highestmodseq",
+            (take, change, mailbox_id, take),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return int(row[0]), int(row[1])
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
+
+        def query(conn: sqlite3.Connection) -> MailboxStatus:
+            box = self._require_mailbox(conn, mailbox_id)
+            messages, unseen, deleted, size = conn.execute(
+                "SELECT count(*),"
+                " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
+                " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0),"
+                " coalesce(sum(size), 0)"
+                " FROM messages WHERE mailbox_id = ?",
+                (mailbox_id,),
+            ).fetchone()
+            return MailboxStatus(box, int(messages), int(unseen), int(deleted), int(size))
+
+        return await self.db.read(query)
+
+    async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
+        """Rename `old` and its children (see `Index.rename_mailbox`); renaming INBOX
+        moves its messages to a new mailbox `new` (with a new UIDVALIDITY, the messages
+        keep their UIDs) and leaves INBOX and its children as they are.  `ValueError` for
+        a name under `old` itself."""
+        old_name, new_name = mailbox_name(old), mailbox_name(new)
+        check_rename(old_name, new_name)
+
+        def job(conn: sqlite3.Connection) -> Mailbox:
+            row = conn.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? AND name = ?",
+                (user_id, old_name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {old_name!r}")
+            source = _mailbox(row)
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, new_name)
+            ).fetchone():
+                raise AlreadyExists(f"mailbox {new_name!r} exists")
+            change = self._next_change(conn)
+            if old_name == "INBOX":
+                target = self._insert_mailbox(conn, user_id, new_name, None)
+                conn.execute(
+                    "UPDATE mailboxes SET uidnext = ? WHERE id = ?", (source.uidnext, target.id)
+                )
+                _, modseq = self._bump(conn, target.id, change)
+                moved = conn.execute(
+                    "UPDATE messages SET mailbox_id = ?, modseq = ? WHERE mailbox_id = ?",
+                    (target.id, modseq, source.id),
+                ).rowcount
+                if moved:
+                    self._bump(conn, source.id, change)
+                return self._require_mailbox(conn, target.id)
+            prefix = old_name + "/"
+            boxes = [(source.id, old_name)] + [
+                (i, n)
+                for i, n in conn.execute(
+                    "SELECT id, name FROM mailboxes WHERE user_id = ?"
+                    " AND substr(name, 1, ?) = ? ORDER BY id",
+                    (user_id, len(prefix), prefix),
+                )
+            ]
+            renamed = {i: new_name + n[len(old_name):] for i, n in boxes}
+            taken = {
+                n
+                for (n,) in conn.execute(
+                    "SELECT name FROM mailboxes WHERE user_id = ? AND name IN"
+                    " (SELECT value FROM json_each(?))",
+                    (user_id, json.dumps(list(renamed.values()))),
+                )
+            } - {n for _, n in boxes}
+            if taken:
+                raise AlreadyExists(f"mailbox {min(taken)!r} exists")
+            # Two steps, so no row collides with one not renamed yet.
+            for i, _ in boxes:
+                conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (f"\0{i}", i))
+            for i, name in renamed.items():
+                conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (name, i))
+                self._bump(conn, i, change)
+            return self._require_mailbox(conn, source.id)
+
+        return await self.db.write(job)
+
+    async def delete_mailbox(self, user_id: int, name: str) -> None:
+        """Delete the mailbox (not its children) and its message rows; the blobs and
+        their `message_blobs` rows stay for the orphan sweeper.  `ValueError` for INBOX,
+        `NotFound`."""
+        stored_name = mailbox_name(name)
+        if stored_name == "INBOX":
+            raise ValueError("INBOX cannot be deleted")
+
+        def job(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, stored_name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {stored_name!r}")
+            conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (row[0],))
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+
+        await self.db.write(job)
+
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
+        """`NotFound` if there is no such mailbox."""
+        stored_name = mailbox_name(name)
+
+        def job(conn: sqlite3.Connection) -> None:
+            if not conn.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE user_id = ? AND name = ?"
+                " RETURNING id",
+                (bool(subscribed), user_id, stored_name),
+            ).fetchall():
+                raise NotFound(f"no mailbox {stored_name!r}")
+
+        await self.db.write(job)
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: frozenset[str],
+        mode: str,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """STORE (see `Index.store_flags`); `NotFound` for no mailbox, `ValueError` for a
+        bad flag or mode."""
+        wanted = frozenset(flags_to_text(flags).split())
+        if mode not in FLAG_MODES:
+            raise ValueError(f"invalid store mode {mode!r}")
+        uid_list = uid_set(uids)
+
+        def job(conn: sqlite3.Connection) -> FlagUpdate:
+            self._require_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ?"
+                " AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+                (mailbox_id, json.dumps(uid_list)),
+            ).fetchall()
+            updates, failed = plan_flags(rows, wanted, mode, unchanged_since)
+            if not updates:
+                return FlagUpdate(changed=[], failed=failed)
+            _, modseq = self._bump(conn, mailbox_id, self._next_change(conn))
+            conn.executemany(
+                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                [(text, modseq, mailbox_id, uid) for uid, text in updates],
+            )
+            changed = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?"
+                " AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+                (mailbox_id, json.dumps([uid for uid, _ in updates])),
+            ).fetchall()
+            return FlagUpdate(changed=[_message(r) for r in changed], failed=failed)
+
+        return await self.db.write(job)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (only among `uids` if given); their UIDs,
+        ascending.  UIDNEXT stays; `NotFound` for no mailbox."""
+        uid_list = None if uids is None else uid_set(uids)
+
+        def job(conn: sqlite3.Connection) -> list[int]:
+            self._require_mailbox(conn, mailbox_id)
+            sql = (
+                "DELETE FROM messages WHERE mailbox_id = ?"
+                " AND instr(' ' || flags || ' ', ' \\Deleted ') > 0"
+            )
+            args: tuple = (mailbox_id,)
+            if uid_list is not None:
+                sql += " AND uid IN (SELECT value FROM json_each(?))"
+                args += (json.dumps(uid_list),)
+            gone = sorted(
+                int(u) for (u,) in conn.execute(sql + " RETURNING uid", args).fetchall()
+            )
+            if gone:
+                self._bump(conn, mailbox_id, self._next_change(conn))
+            return gone
+
+        return await self.db.write(job)
+
+    async def copy_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """COPY (see `Index.copy_messages`); `NotFound` for a missing mailbox."""
+        return await self._copy(source_mailbox_id, uids, target_mailbox_id, move=False)
+
+    async def move_messages(
+        self, source_mailbox_id: int, uids: Sequence[int], target_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        """MOVE: copy then remove from the source, in one transaction."""
+        return await self._copy(source_mailbox_id, uids, target_mailbox_id, move=True)
+
+    async def _copy(
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+    ) -> list[tuple[int, int]]:
+        uid_list = uid_set(uids)
+
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            source = self._require_mailbox(conn, source_id)
+            target = self._require_mailbox(conn, target_id)
+            if source.user_id != target.user_id:
+                raise ValueError("source and target mailboxes belong to different users")
+            found = [
+                int(u)
+                for (u,) in conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ?"
+                    " AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+                    (source_id, json.dumps(uid_list)),
+                )
+            ]
+            if not found:
+                return []
+            change = self._next_change(conn)
+            first, modseq = self._bump(conn, target_id, change, take=len(found))
+            pairs = [(uid, first + i) for i, uid in enumerate(found)]
+            conn.executemany(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS})"
+                " SELECT ?, ?, blob_key, size, internal_date, flags, ?"
+                " FROM messages WHERE mailbox_id = ? AND uid = ?",
+                [(target_id, new, modseq, source_id, old) for old, new in pairs],
+            )
+            if move:
+                conn.executemany(
+                    "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+                    [(source_id, old) for old, _ in pairs],
+                )
+                if source_id != target_id:
+                    self._bump(conn, source_id, change)
+            return pairs
+
+        return await self.db.write(job)
 
     async def get_structure(self, blob_key: str) -> str | None:
         """The JSON structure stored with the blob at delivery."""
