@@ -2,9 +2,12 @@
 
 Today this package holds the command parser (``parser.CommandReader``), its two error
 types (``errors``), the typed command arguments (``types``) and the per-state command
-sets (``states``).  The response encoder and the session state machine come next.
+sets (``states``), the response encoder (``responses``) and the FETCH answers computed
+from the stored message structure (``bodystructure``).  The session state machine
+comes next.
 """
 
+from pymail.proto.imap import bodystructure, responses
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.parser import (
     CONNECTION_CLOSED,
@@ -20,5 +23,5 @@ from pymail.proto.imap.types import Command, SequenceSet
 __all__ = [
     "BadCommand", "FatalProtocolError", "CONNECTION_CLOSED", "NEED_DATA", "CommandReader",
     "ContinuationLine", "IdleDone", "NeedContinuation", "COMMANDS_BY_STATE",
-    "ConnectionState", "command_allowed", "Command", "SequenceSet",
+    "ConnectionState", "command_allowed", "Command", "SequenceSet", "bodystructure", "responses",
 ]
