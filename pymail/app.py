@@ -17,23 +17,26 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 
+from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
 from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import Router
 from pymail.net import sdnotify
-from pymail.net.certs import ensure_embedded_certificates
+from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
+from pymail.net.imap import ImapService
 from pymail.net.smtp import MxHandler, SmtpService
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
 
 #: Services named in [listen] that this version does not serve yet.
-NOT_YET_SERVED = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+NOT_YET_SERVED = ("submission", "submissions", "pop3", "pop3s")
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -130,8 +133,10 @@ class Worker:
     config: Config
     reuse_port: bool = False
     store: Store | None = None
-    services: list[SmtpService | HttpService] = field(default_factory=list)
+    services: list[SmtpService | HttpService | ImapService] = field(default_factory=list)
     sweeper: asyncio.Future[None] | None = None
+    authenticator: Authenticator | None = None
+    tls_context: ssl.SSLContext | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -159,6 +164,27 @@ class Worker:
                 raise StartupError(f"listen.smtp: cannot listen on {cfg.listen.smtp}: {e.strerror or e}") from None
             self.services.append(smtp)
             lines += [f"smtp listening on {a}" for a in bound]
+        for name, implicit_tls in (("imaps", True), ("imap", False)):
+            addresses = getattr(cfg.listen, name)
+            if not addresses:
+                continue
+            imap = ImapService(
+                name,
+                [split_hostport(a) for a in addresses],
+                self.store,
+                self._authenticator(),
+                self._tls_context(),
+                implicit_tls=implicit_tls,
+                reuse_port=self.reuse_port,
+            )
+            try:
+                bound = await imap.start()
+            except OSError as e:
+                await imap.stop(0)
+                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
+            self.services.append(imap)
+            tls = "implicit TLS" if implicit_tls else "STARTTLS"
+            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
         if cfg.listen.http:
             http = HttpService(
                 [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port
@@ -171,6 +197,30 @@ class Worker:
             self.services.append(http)
             lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
         return lines
+
+    def _authenticator(self) -> Authenticator:
+        assert self.store is not None
+        if self.authenticator is None:
+            self.authenticator = Authenticator(self.store.directory)
+        return self.authenticator
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The server TLS context: the configured files, else the embedded default's."""
+        if self.tls_context is None:
+            cfg = self.config
+            if cfg.tls.cert is not None and cfg.tls.key is not None:
+                cert, key = cfg.tls.cert, cfg.tls.key
+            else:
+                try:
+                    files = ensure_embedded_certificates(cfg.tls_dir, cfg.server.hostname)
+                except (OSError, ValueError) as e:
+                    raise StartupError(f"tls: {e}") from None
+                cert, key = files.cert, files.key
+            try:
+                self.tls_context = make_server_context(cert, key)
+            except ValueError as e:
+                raise StartupError(f"tls: {e}") from None
+        return self.tls_context
 
     def start_sweeper(self) -> None:
         """Sweep orphan blobs every `storage.orphan_sweep_interval` seconds."""

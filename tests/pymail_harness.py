@@ -36,11 +36,13 @@ class PymailServer:
 
     def __init__(self, workdir: Path, *, extra_config: str = "", hostname: str = "mx.test.example",
                  workers: int = 1, storage_config: str = "", port: int | None = None,
-                 http: bool = False) -> None:
+                 http: bool = False, imaps: bool = False, imap: bool = False) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.port = port or free_port()
         self.http_port = free_port() if http else None
+        self.imaps_port = free_port() if imaps else None
+        self.imap_port = free_port() if imap else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
         self.config_path.write_text(
@@ -54,8 +56,8 @@ workers = {workers}
 smtp = ["127.0.0.1:{self.port}"]
 submission = []
 submissions = []
-imap = []
-imaps = []
+imap = [{f'"127.0.0.1:{self.imap_port}"' if imap else ""}]
+imaps = [{f'"127.0.0.1:{self.imaps_port}"' if imaps else ""}]
 pop3 = []
 pop3s = []
 http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
@@ -106,6 +108,24 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
         self.proc.kill()
         self.proc.wait(10)
         self.log_file.close()
+
+    @property
+    def ca_file(self) -> Path:
+        """The embedded default's private CA, which signs the IMAPS certificate."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    def imaps_client(self, user: str | None = None, password: str = "secret-pw"):
+        """An `imaplib.IMAP4_SSL` connected over real TLS (verified against `ca_file`),
+        logged in as `user` when given."""
+        import imaplib
+        import ssl
+
+        assert self.imaps_port is not None, "started without imaps=True"
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=context, timeout=30)
+        if user is not None:
+            client.login(user, password)
+        return client
 
     def http_get(self, path: str) -> tuple[int, str]:
         """(status, body) of a GET on the HTTP service."""

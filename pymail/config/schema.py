@@ -118,10 +118,11 @@ class ListenConfig(_Section):
         description="Message submission over implicit TLS (port 465). Not served yet.",
     )
     imap: list[HostPort] = Field(
-        default=["127.0.0.1:2143"], description="IMAP with STARTTLS (port 143). Not served yet."
+        default=["127.0.0.1:2143"], description="IMAP with STARTTLS (port 143); passwords are refused until TLS is up "
+        "(LOGINDISABLED)."
     )
     imaps: list[HostPort] = Field(
-        default=["127.0.0.1:2993"], description="IMAP over implicit TLS (port 993). Not served yet."
+        default=["127.0.0.1:2993"], description="IMAP over implicit TLS, TLS 1.2+ (port 993)."
     )
     pop3: list[HostPort] = Field(
         default=["127.0.0.1:2110"], description="POP3 with STLS (port 110). Not served yet."

@@ -1,0 +1,1020 @@
+"""One IMAP connection's state and its command handlers (RFC 3501, plus the extensions
+listed in `CAPABILITIES`).
+
+The connection loop (`server.py`) reads `Command`s with the sans-IO `CommandReader` and
+calls `ImapSession.run_command`; this module turns each command into store calls and
+response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).
+
+Invariants:
+
+* Which commands run in which state is data (`pymail.proto.imap.states`); a command in
+  the wrong state is answered ``BAD`` before any handler runs.  Handlers are looked up
+  in `ImapSession.HANDLERS`, a table of command name -> method.
+* Every command ends with exactly one tagged response.  A `StorageError` becomes ``NO
+  [UNAVAILABLE]``; any other exception is logged and becomes ``NO [SERVERBUG]``: never a
+  traceback to the client.
+* In the selected state the session holds the mailbox's UIDs in ascending order: the
+  message sequence number of ``uids[i]`` is ``i + 1`` (RFC 3501 section 2.3.1.2).  The
+  list changes only when the session reports the change to the client (EXISTS for new
+  messages, EXPUNGE for removed ones), in `_report_changes`, which runs before each
+  tagged OK in the selected state and during IDLE.  While FETCH, STORE or SEARCH (not
+  UID) run, EXPUNGEs are held back (RFC 3501 section 7.4.1): a removed message stays in
+  the list as a ghost (``records`` lacks it) until the next report that may send them.
+* IDLE polls the selected mailbox (one cheap ``get_mailbox_by_id`` per
+  `IDLE_POLL_SECONDS`), which sees changes from every process and node sharing the index.
+* \\Recent is not kept: RECENT is always 0 and the RECENT search key matches nothing, as
+  RFC 9051 allows.  Client-facing texts are generic; details go to the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import email.header
+import email.utils
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pymail.auth.service import Authenticator
+from pymail.mail.mime import MessageStructure, parse_structure
+from pymail.proto.imap import bodystructure
+from pymail.proto.imap import responses as r
+from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.parser import CONNECTION_CLOSED, ContinuationLine, IdleDone
+from pymail.proto.imap.states import ConnectionState, command_allowed
+from pymail.proto.imap.types import (
+    Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, Id, List,
+    Login, Lsub, MailboxName, Rename, Search, SearchKey, Select, SequenceSet, Status, Store,
+)
+from pymail.store import (
+    AlreadyExists, Delivery, DeliveryTarget, Mailbox, MessageRecord, NotFound, StorageError,
+    Store as MailStore, User,
+)
+
+log = logging.getLogger("pymail.imap")
+
+DELIMITER = "/"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+IDLE_POLL_SECONDS = 1.0
+MAX_AUTH_FAILURES = 3
+
+# Capabilities (RFC 3501 section 6.1.1) -- only what this module implements.
+BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ENABLE", "IDLE", "NAMESPACE", "ID", "UIDPLUS",
+                     "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN")
+AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
+
+# Reply texts (STYLE.md item 5).
+TEXT_WRONG_STATE = "Command not allowed now"
+TEXT_AUTH_FAILED = "Authentication failed"
+TEXT_UNAVAILABLE = "Temporary failure, try again later"
+TEXT_SERVERBUG = "Internal error"
+TEXT_NO_MAILBOX = "No such mailbox"
+TEXT_BAD_SEQUENCE = "Invalid message sequence number"
+TEXT_NOT_SUPPORTED = "Not supported"
+TEXT_READ_ONLY = "Mailbox is read-only"
+
+
+class Channel(Protocol):
+    """What the session needs from its connection (implemented in `server.py`)."""
+
+    tls: bool  #: the connection is encrypted (implicit TLS or after STARTTLS)
+    client_ip: str
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def next_event(self, timeout: float | None = None) -> object:
+        """The next reader event (None when `timeout` passed first); may raise the
+        reader's BadCommand/FatalProtocolError."""
+        ...
+
+    async def start_tls(self) -> None: ...
+
+    def expect_continuation_line(self) -> None: ...
+
+    def expect_idle_done(self) -> None: ...
+
+
+class Logout(Exception):
+    """The connection ends after the current command's response."""
+
+
+@dataclass
+class SelectedMailbox:
+    """The selected mailbox as this session has reported it to the client."""
+
+    mailbox: Mailbox
+    read_only: bool
+    uids: list[int]  #: reported UIDs, ascending; sequence number = index + 1
+    records: dict[int, MessageRecord]  #: current rows by UID (ghosts are missing)
+    flags: dict[int, frozenset[str]]  #: flags as last reported, by UID
+    uidnext: int
+    highestmodseq: int
+    keywords: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> int:
+        return self.mailbox.id
+
+
+def _decode_name(name: str) -> str:
+    """A mailbox name from the client: modified UTF-7 decoded (RFC 3501 section 5.1.3),
+    trailing delimiter dropped, INBOX in upper case."""
+    try:
+        name = r.decode_modified_utf7(name)
+    except ValueError:
+        raise _No("Invalid mailbox name") from None
+    if len(name) > 1 and name.endswith(DELIMITER):
+        name = name.rstrip(DELIMITER)
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    if not name or "\x00" in name or any(not part for part in name.split(DELIMITER)):
+        raise _No("Invalid mailbox name")
+    return name
+
+
+class _No(Exception):
+    """A handler's refusal: ``<tag> NO [code] text``."""
+
+    def __init__(self, text: str, code: r.ResponseCode | None = None, status: str = r.STATUS_NO) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.status = status
+
+
+def _bad(text: str) -> _No:
+    return _No(text, status=r.STATUS_BAD)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST wildcards (RFC 3501 section 6.3.8): ``*`` matches anything, ``%`` anything
+    but the hierarchy delimiter."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _name_matches(regex: re.Pattern[str], name: str) -> bool:
+    if regex.fullmatch(name):
+        return True
+    # INBOX is case-insensitive (RFC 3501 section 5.1), also as a prefix of children.
+    if name == "INBOX" or name.startswith("INBOX" + DELIMITER):
+        return re.compile(regex.pattern, re.DOTALL | re.IGNORECASE).fullmatch(name) is not None
+    return False
+
+
+def _header_text(value: bytes) -> str:
+    """A header field's value unfolded and with RFC 2047 encoded words decoded."""
+    text = re.sub(r"\r?\n[ \t]", " ", value.decode("utf-8", "replace"))
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # malformed encoded words: search the raw text
+        return text
+
+
+class ImapSession:
+    """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
+    authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
+
+    def __init__(self, store: MailStore, authenticator: Authenticator, channel: Channel, *,
+                 starttls_available: bool) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.channel = channel
+        self.starttls_available = starttls_available
+        self.state = ConnectionState.NOT_AUTHENTICATED
+        self.user: User | None = None
+        self.selected: SelectedMailbox | None = None
+        self.auth_failures = 0
+        self._structures: dict[str, MessageStructure] = {}
+
+    # -- capabilities and greeting --------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        caps = list(BASE_CAPABILITIES)
+        if self.state is ConnectionState.NOT_AUTHENTICATED:
+            if self.channel.tls:
+                caps += AUTH_CAPABILITIES
+            else:  # RFC 3501 section 6.2.3 / RFC 8314: no plaintext passwords
+                caps += ["STARTTLS", "LOGINDISABLED"]
+        return caps
+
+    def greeting(self) -> bytes:
+        return r.untagged_status(r.STATUS_OK, "pymail ready", r.code_capability(self.capabilities()))
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def run_command(self, command: Command) -> None:
+        """Answer one command (untagged responses, then its tagged one).  Raises `Logout`
+        when the connection must close afterwards."""
+        if not command_allowed(self.state, command.name):
+            await self.send(r.tagged_status(command.tag, r.STATUS_BAD, TEXT_WRONG_STATE))
+            return
+        handler = self.HANDLERS.get(command.name)
+        if handler is None:
+            await self.send(r.tagged_status(command.tag, r.STATUS_BAD, TEXT_NOT_SUPPORTED))
+            return
+        try:
+            result = await handler(self, command)
+        except Logout:
+            raise
+        except _No as refusal:
+            await self.send(r.tagged_status(command.tag, refusal.status, refusal.text, refusal.code))
+            return
+        except StorageError as exc:
+            log.warning("imap %s failed: storage: %s", command.name, exc)
+            await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_UNAVAILABLE, r.UNAVAILABLE))
+            return
+        except BadCommand:
+            raise  # the reader's own error during a continuation: the loop answers it
+        except Exception:
+            log.exception("imap %s failed", command.name)
+            await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_SERVERBUG, r.SERVERBUG))
+            return
+        if result is _NoReply:
+            return
+        text, code = result if isinstance(result, tuple) else (result or "Completed", None)
+        if self.selected is not None:
+            # RFC 3501 section 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH (UID forms may)
+            await self._report_changes_safely(
+                allow_expunge=command.uid or command.name not in ("FETCH", "STORE", "SEARCH"))
+        await self.send(r.tagged_status(command.tag, r.STATUS_OK, text, code))
+
+    async def send(self, data: bytes) -> None:
+        await self.channel.send(data)
+
+    # -- any state (RFC 3501 section 6.1) ---------------------------------------------------
+
+    async def cmd_capability(self, command: Command):
+        await self.send(r.capability_response(self.capabilities()))
+
+    async def cmd_noop(self, command: Command):
+        return "NOOP completed"
+
+    async def cmd_logout(self, command: Command):
+        await self.send(r.untagged_status(r.STATUS_BYE, "Logging out"))
+        await self.send(r.tagged_status(command.tag, r.STATUS_OK, "LOGOUT completed"))
+        self.state = ConnectionState.LOGOUT
+        raise Logout()
+
+    async def cmd_id(self, command: Command):
+        # RFC 2971 section 3.1; the client's parameters are not needed.
+        assert isinstance(command.arguments, Id)
+        await self.send(r.id_response([("name", "pymail")]))
+        return "ID completed"
+
+    # -- not authenticated (RFC 3501 section 6.2) -------------------------------------------
+
+    async def cmd_starttls(self, command: Command):
+        if self.channel.tls or not self.starttls_available:
+            raise _bad("TLS already active")
+        await self.send(r.tagged_status(command.tag, r.STATUS_OK, "Begin TLS negotiation now"))
+        await self.channel.start_tls()  # discards anything the client pipelined (RFC 2595 3.1)
+        return _NoReply
+
+    async def cmd_login(self, command: Command):
+        args = command.arguments
+        assert isinstance(args, Login)
+        if not self.channel.tls:
+            raise _No("Use STARTTLS first", r.PRIVACYREQUIRED)
+        return await self._authenticate(args.userid, args.password)
+
+    async def cmd_authenticate(self, command: Command):
+        # RFC 3501 section 6.2.2, RFC 4959 (SASL-IR), RFC 4616 (PLAIN).
+        args = command.arguments
+        assert isinstance(args, Authenticate)
+        if not self.channel.tls:
+            raise _No("Use STARTTLS first", r.PRIVACYREQUIRED)
+        mechanism = args.mechanism.upper()
+        if mechanism == "PLAIN":
+            response = args.initial_response
+            if response is None:
+                response = await self._sasl_step(b"")
+            message = self._b64(response)
+            parts = message.split(b"\x00")
+            if len(parts) != 3:
+                raise _bad("Malformed SASL PLAIN response")
+            authzid, authcid, password = (p.decode("utf-8", "surrogateescape") for p in parts)
+            if authzid and authzid.lower() != authcid.lower():  # no proxy authorization
+                return await self._fail_auth(authcid)
+            return await self._authenticate(authcid, password)
+        if mechanism == "LOGIN":  # draft-murchison-sasl-login
+            if args.initial_response is not None:
+                username = self._b64(args.initial_response)
+            else:
+                username = self._b64(await self._sasl_step(base64.b64encode(b"Username:")))
+            password = self._b64(await self._sasl_step(base64.b64encode(b"Password:")))
+            return await self._authenticate(username.decode("utf-8", "surrogateescape"),
+                                            password.decode("utf-8", "surrogateescape"))
+        raise _No("Unsupported authentication mechanism")
+
+    async def _sasl_step(self, challenge: bytes) -> str:
+        await self.send(r.continuation_data(challenge))
+        event = await self._continuation_line()
+        line = event.line.decode("ascii", "replace").strip()
+        if line == "*":
+            raise _bad("Authentication cancelled")
+        return line
+
+    async def _continuation_line(self) -> ContinuationLine:
+        self.channel.expect_continuation_line()
+        try:
+            event = await self.channel.next_event()
+        except BadCommand:
+            raise _bad("Invalid SASL response") from None
+        if not isinstance(event, ContinuationLine):
+            raise Logout()  # the client went away
+        return event
+
+    @staticmethod
+    def _b64(text: str) -> bytes:
+        if text in ("", "="):
+            return b""
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad("Invalid base64") from None
+
+    async def _authenticate(self, username: str, password: str):
+        user = await self.authenticator.authenticate(
+            username, password, client_ip=self.channel.client_ip, service="imap")
+        if user is None:
+            return await self._fail_auth(username)
+        if await self.store.index.get_mailbox(user.id, "INBOX") is None:
+            await self.store.index.ensure_default_mailboxes(user.id)
+        self.user = user
+        self.state = ConnectionState.AUTHENTICATED
+        return "Logged in", r.code_capability(self.capabilities())
+
+    async def _fail_auth(self, username: str):
+        self.auth_failures += 1
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            await self.send(r.untagged_status(r.STATUS_BYE, "Too many authentication failures"))
+            raise Logout()
+        raise _No(TEXT_AUTH_FAILED, r.AUTHENTICATIONFAILED)
+
+    # -- authenticated (RFC 3501 section 6.3) -----------------------------------------------
+
+    @property
+    def user_id(self) -> int:
+        assert self.user is not None
+        return self.user.id
+
+    async def cmd_namespace(self, command: Command):
+        # RFC 2342: one personal namespace, no others.
+        await self.send(r.namespace_response([("", DELIMITER)], None, None))
+        return "NAMESPACE completed"
+
+    async def cmd_enable(self, command: Command):
+        # RFC 5161: none of the ENABLE-able extensions is offered, so none is enabled.
+        assert isinstance(command.arguments, Enable)
+        await self.send(r.enabled_response([]))
+        return "ENABLE completed"
+
+    async def _mailbox(self, raw_name: str) -> Mailbox:
+        box = await self.store.index.get_mailbox(self.user_id, _decode_name(raw_name))
+        if box is None:
+            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT)
+        return box
+
+    async def cmd_select(self, command: Command):
+        # RFC 3501 sections 6.3.1 and 6.3.2.
+        args = command.arguments
+        assert isinstance(args, Select)
+        if args.condstore or args.qresync is not None:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        self.selected = None
+        self.state = ConnectionState.AUTHENTICATED
+        box = await self._mailbox(args.mailbox)
+        read_only = command.name == "EXAMINE"
+        rows = await self.store.index.list_messages(box.id)
+        sel = SelectedMailbox(
+            mailbox=box, read_only=read_only, uids=[m.uid for m in rows],
+            records={m.uid: m for m in rows}, flags={m.uid: m.flags for m in rows},
+            uidnext=box.uidnext, highestmodseq=box.highestmodseq,
+        )
+        sel.keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
+        first_unseen = next((i + 1 for i, m in enumerate(rows) if "\\Seen" not in m.flags), None)
+        out = [
+            r.flags_response(self._flag_list(sel)),
+            r.exists_response(len(rows)),
+            r.recent_response(0),
+        ]
+        if first_unseen is not None:
+            out.append(r.untagged_status(r.STATUS_OK, "First unseen", r.code_unseen(first_unseen)))
+        permanent = [] if read_only else [*self._flag_list(sel), "\\*"]
+        out += [
+            r.untagged_status(r.STATUS_OK, "Flags permitted", r.code_permanentflags(permanent)),
+            r.untagged_status(r.STATUS_OK, "UIDs valid", r.code_uidvalidity(box.uidvalidity)),
+            r.untagged_status(r.STATUS_OK, "Predicted next UID", r.code_uidnext(box.uidnext)),
+            r.untagged_status(r.STATUS_OK, "Highest", r.code_highestmodseq(box.highestmodseq)),
+        ]
+        await self.send(b"".join(out))
+        self.selected = sel
+        self.state = ConnectionState.SELECTED
+        return f"{command.name} completed", r.READ_ONLY if read_only else r.READ_WRITE
+
+    cmd_examine = cmd_select
+
+    @staticmethod
+    def _flag_list(sel: SelectedMailbox) -> list[str]:
+        return [*SYSTEM_FLAGS, *sorted(sel.keywords)]
+
+    async def cmd_create(self, command: Command):
+        # RFC 3501 section 6.3.3: superior names are created as needed.
+        args = command.arguments
+        assert isinstance(args, MailboxName)
+        name = _decode_name(args.mailbox)
+        if name == "INBOX":
+            raise _No("Mailbox exists", r.ALREADYEXISTS)
+        index = self.store.index
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:depth])
+            if await index.get_mailbox(self.user_id, parent) is None:
+                try:
+                    await index.create_mailbox(self.user_id, parent)
+                except AlreadyExists:
+                    pass
+        try:
+            await index.create_mailbox(self.user_id, name)
+        except AlreadyExists:
+            raise _No("Mailbox exists", r.ALREADYEXISTS) from None
+        return "CREATE completed"
+
+    async def cmd_delete(self, command: Command):
+        # RFC 3501 section 6.3.4.
+        args = command.arguments
+        assert isinstance(args, MailboxName)
+        name = _decode_name(args.mailbox)
+        if name == "INBOX":
+            raise _No("INBOX cannot be deleted", r.CANNOT)
+        if self.selected is not None and self.selected.mailbox.name == name:
+            raise _No("Mailbox is selected", r.INUSE)
+        try:
+            await self.store.index.delete_mailbox(self.user_id, name)
+        except NotFound:
+            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
+        except ValueError:
+            raise _No("Mailbox cannot be deleted", r.CANNOT) from None
+        return "DELETE completed"
+
+    async def cmd_rename(self, command: Command):
+        # RFC 3501 section 6.3.5.
+        args = command.arguments
+        assert isinstance(args, Rename)
+        old, new = _decode_name(args.mailbox), _decode_name(args.new_name)
+        if new == "INBOX":
+            raise _No("Mailbox exists", r.ALREADYEXISTS)
+        try:
+            await self.store.index.rename_mailbox(self.user_id, old, new)
+        except NotFound:
+            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
+        except AlreadyExists:
+            raise _No("Mailbox exists", r.ALREADYEXISTS) from None
+        except ValueError:
+            raise _No("Mailbox cannot be renamed", r.CANNOT) from None
+        return "RENAME completed"
+
+    async def cmd_subscribe(self, command: Command):
+        # RFC 3501 sections 6.3.6 and 6.3.7.
+        args = command.arguments
+        assert isinstance(args, MailboxName)
+        try:
+            await self.store.index.set_subscribed(
+                self.user_id, _decode_name(args.mailbox), command.name == "SUBSCRIBE")
+        except NotFound:
+            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
+        return f"{command.name} completed"
+
+    cmd_unsubscribe = cmd_subscribe
+
+    async def _listing(self) -> list[tuple[str, Mailbox | None, bool]]:
+        """(name, mailbox or None for an implied parent, has children), sorted."""
+        boxes = {b.name: b for b in await self.store.index.list_mailboxes(self.user_id)}
+        names = set(boxes)
+        for name in list(boxes):  # superiors that do not exist are \Noselect
+            parts = name.split(DELIMITER)
+            names.update(DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
+        parents = {n.rpartition(DELIMITER)[0] for n in names if DELIMITER in n}
+        order = sorted(names, key=lambda n: (n != "INBOX", n))
+        return [(n, boxes.get(n), n in parents) for n in order]
+
+    async def cmd_list(self, command: Command):
+        # RFC 3501 section 6.3.8, RFC 5258 selection/return options as Thunderbird sends
+        # them (SUBSCRIBED, SPECIAL-USE, CHILDREN), RFC 6154 special-use attributes.
+        args = command.arguments
+        assert isinstance(args, List)
+        select = set(args.selection_options)
+        returns = set(args.return_options)
+        if args.status_items or "RECURSIVEMATCH" in select:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        if len(args.patterns) == 1 and args.patterns[0] == "" and not args.extended:
+            # the hierarchy delimiter and root (RFC 3501 section 6.3.8)
+            await self.send(r.list_response(["\\Noselect"], DELIMITER, ""))
+            return "LIST completed"
+        regexes = [_pattern_regex(self._canonical(args.reference, p)) for p in args.patterns if p]
+        out = []
+        for name, box, children in await self._listing():
+            if not any(_name_matches(rx, name) for rx in regexes):
+                continue
+            subscribed = box is not None and box.subscribed
+            if "SUBSCRIBED" in select and not subscribed:
+                continue
+            if "SPECIAL-USE" in select and (box is None or not box.special_use):
+                continue
+            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if box is None:
+                attrs.insert(0, "\\NonExistent" if args.extended else "\\Noselect")
+            elif box.special_use:
+                attrs.append(box.special_use)
+            if subscribed and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns):
+                attrs.append("\\Subscribed")
+            out.append(r.list_response(attrs, DELIMITER, name))
+        await self.send(b"".join(out))
+        return "LIST completed"
+
+    @staticmethod
+    def _canonical(reference: str, pattern: str) -> str:
+        try:
+            reference, pattern = r.decode_modified_utf7(reference), r.decode_modified_utf7(pattern)
+        except ValueError:
+            raise _bad("Invalid mailbox name") from None
+        if pattern.startswith(DELIMITER) or not reference:
+            return pattern
+        if reference.endswith(DELIMITER):
+            return reference + pattern
+        return reference + DELIMITER + pattern
+
+    async def cmd_lsub(self, command: Command):
+        # RFC 3501 section 6.3.9.
+        args = command.arguments
+        assert isinstance(args, Lsub)
+        regex = _pattern_regex(self._canonical(args.reference, args.pattern))
+        out = []
+        for name, box, children in await self._listing():
+            if box is None or not box.subscribed or not _name_matches(regex, name):
+                continue
+            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if box.special_use:
+                attrs.append(box.special_use)
+            out.append(r.list_response(attrs, DELIMITER, name, command="LSUB"))
+        await self.send(b"".join(out))
+        return "LSUB completed"
+
+    async def cmd_status(self, command: Command):
+        # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ.
+        args = command.arguments
+        assert isinstance(args, Status)
+        if "APPENDLIMIT" in args.items:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        box = await self._mailbox(args.mailbox)
+        status = await self.store.index.mailbox_status(box.id)
+        values = {
+            "MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.mailbox.uidnext,
+            "UIDVALIDITY": status.mailbox.uidvalidity, "UNSEEN": status.unseen,
+            "DELETED": status.deleted, "SIZE": status.size,
+            "HIGHESTMODSEQ": status.mailbox.highestmodseq,
+        }
+        await self.send(r.status_response(box.name, [(i, values[i]) for i in args.items]))
+        return "STATUS completed"
+
+    async def cmd_append(self, command: Command):
+        # RFC 3501 section 6.3.11, RFC 4315 APPENDUID; durable before OK: the blob is
+        # put first, then the index commits (docs/architecture.md, "The durability rule").
+        args = command.arguments
+        assert isinstance(args, Append)
+        if args.binary:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        name = _decode_name(args.mailbox)
+        box = await self.store.index.get_mailbox(self.user_id, name)
+        if box is None:
+            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
+        if not args.message:
+            raise _bad("Empty message")
+        flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
+        structure = parse_structure(args.message).to_json()
+        key = await self.store.blobs.put(args.message)
+        moment = args.internal_date or _dt.datetime.now(_dt.timezone.utc)
+        stored = await self.store.index.deliver(Delivery(
+            blob_key=key, size=len(args.message), internal_date=moment, structure=structure,
+            targets=(DeliveryTarget(self.user_id, box.name, flags),),
+        ))
+        if not stored or stored[0].mailbox_id != box.id:  # mailbox deleted meanwhile
+            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
+        return "APPEND completed", r.code_appenduid(box.uidvalidity, [stored[0].uid])
+
+    async def cmd_idle(self, command: Command):
+        # RFC 2177: updates while idling; DONE ends it.
+        await self.send(r.continuation("idling"))
+        self.channel.expect_idle_done()
+        while True:
+            try:
+                event = await self.channel.next_event(timeout=IDLE_POLL_SECONDS)
+            except BadCommand:
+                raise _bad("Expected DONE") from None
+            if event is None:
+                await self._report_changes_safely(allow_expunge=True)
+                continue
+            if isinstance(event, IdleDone):
+                return "IDLE terminated"
+            if event is CONNECTION_CLOSED:
+                raise Logout()
+            raise Logout()  # nothing else can come while the reader waits for DONE
+
+    # -- selected (RFC 3501 section 6.4) ----------------------------------------------------
+
+    @property
+    def sel(self) -> SelectedMailbox:
+        assert self.selected is not None
+        return self.selected
+
+    async def cmd_check(self, command: Command):
+        return "CHECK completed"
+
+    async def cmd_close(self, command: Command):
+        # RFC 3501 section 6.4.2: expunge silently when read-write.
+        sel = self.sel
+        self.selected = None
+        self.state = ConnectionState.AUTHENTICATED
+        if not sel.read_only:
+            await self.store.index.expunge(sel.id)
+        return "CLOSE completed"
+
+    async def cmd_unselect(self, command: Command):
+        # RFC 3691.
+        self.selected = None
+        self.state = ConnectionState.AUTHENTICATED
+        return "UNSELECT completed"
+
+    def _resolve(self, sequence_set: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages a set names, ascending."""
+        if sequence_set.saved_result:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        uids = self.sel.uids
+        if uid:
+            if not uids:
+                return []
+            return [(i + 1, u) for i, u in enumerate(uids) if sequence_set.contains(u, uids[-1])]
+        for first, last in sequence_set.ranges:
+            if any(n is not None and n > len(uids) for n in (first, last)):
+                raise _bad(TEXT_BAD_SEQUENCE)
+        return [(n, uids[n - 1]) for n in sequence_set.expand(len(uids))]
+
+    async def _structure(self, record: MessageRecord) -> MessageStructure:
+        structure = self._structures.get(record.blob_key)
+        if structure is None:
+            text = await self.store.index.get_structure(record.blob_key)
+            if text is None:
+                raise StorageError(f"no structure stored for blob {record.blob_key}")
+            structure = MessageStructure.from_json(text)
+            if len(self._structures) > 256:
+                self._structures.clear()
+            self._structures[record.blob_key] = structure
+        return structure
+
+    async def cmd_fetch(self, command: Command):
+        # RFC 3501 section 6.4.5; UID FETCH always reports UID (section 6.4.8).
+        args = command.arguments
+        assert isinstance(args, Fetch)
+        if args.changed_since is not None or args.vanished:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        attributes = list(args.attributes)
+        names = {a.name for a in attributes}
+        if names & {"BINARY", "BINARY.SIZE", "SAVEDATE", "EMAILID", "THREADID"}:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        if command.uid and "UID" not in names:
+            attributes.insert(0, FetchAttribute("UID"))
+        sets_seen = any(
+            (a.name == "BODY" and a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
+            for a in attributes)
+        needs_structure = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
+                                        "RFC822.TEXT"})
+        needs_blob = any(a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
+                         or (a.name == "BODY" and a.section is not None) for a in attributes)
+        sel = self.sel
+        targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        if sets_seen and not sel.read_only:
+            unseen = [u for _, u in targets if "\\Seen" not in sel.records[u].flags]
+            if unseen:
+                update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
+                for record in update.changed:
+                    sel.records[record.uid] = record
+        for seq, u in targets:
+            record = sel.records[u]
+            raw = await self.store.blobs.get(record.blob_key) if needs_blob else b""
+            structure = await self._structure(record) if needs_structure else None
+            items: list[tuple[str, bytes]] = []
+            for attribute in attributes:
+                name = attribute.name
+                if name == "UID":
+                    items.append(("UID", r.encode_number(u)))
+                elif name == "FLAGS":
+                    items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                elif name == "INTERNALDATE":
+                    items.append(("INTERNALDATE", r.encode_internal_date(record.internal_date)))
+                elif name == "RFC822.SIZE":
+                    items.append(("RFC822.SIZE", r.encode_number(record.size)))
+                elif name == "MODSEQ":
+                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
+                else:
+                    assert structure is not None
+                    items.append(bodystructure.fetch_body_item(attribute, raw, structure))
+            if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
+                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+            sel.flags[u] = record.flags
+            await self.send(r.fetch_response(seq, items))
+        return "FETCH completed"
+
+    async def cmd_store(self, command: Command):
+        # RFC 3501 section 6.4.6.
+        args = command.arguments
+        assert isinstance(args, Store)
+        if args.unchanged_since is not None:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        sel = self.sel
+        if sel.read_only:
+            raise _No(TEXT_READ_ONLY)
+        targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        flags = frozenset(f for f in args.flags if f.lower() != "\\recent")
+        mode = {"": "replace", "+": "add", "-": "remove"}[args.mode]
+        if targets:
+            update = await self.store.index.store_flags(sel.id, [u for _, u in targets], flags, mode)
+            for record in update.changed:
+                sel.records[record.uid] = record
+        sel.keywords.update(f for f in flags if not f.startswith("\\"))
+        out = []
+        for seq, u in targets:
+            record = sel.records[u]
+            if not args.silent:
+                items = [("FLAGS", r.encode_flag_list(sorted(record.flags)))]
+                if command.uid:
+                    items.insert(0, ("UID", r.encode_number(u)))
+                out.append(r.fetch_response(seq, items))
+            sel.flags[u] = record.flags
+        await self.send(b"".join(out))
+        return "STORE completed"
+
+    async def cmd_expunge(self, command: Command):
+        # RFC 3501 section 6.4.3; UID EXPUNGE (RFC 4315 section 2.1).  The EXPUNGE
+        # responses come from _report_changes before the tagged OK.
+        sel = self.sel
+        if sel.read_only:
+            raise _No(TEXT_READ_ONLY)
+        uids = None
+        if command.uid:
+            args = command.arguments
+            assert isinstance(args, Expunge)
+            uids = [u for _, u in self._resolve(args.sequence_set, True)]
+            if not uids:
+                return "EXPUNGE completed"
+        await self.store.index.expunge(sel.id, uids)
+        return "EXPUNGE completed"
+
+    async def cmd_copy(self, command: Command):
+        # RFC 3501 section 6.4.7, RFC 6851 MOVE, RFC 4315 COPYUID.
+        args = command.arguments
+        assert isinstance(args, Copy)
+        sel = self.sel
+        if command.name == "MOVE" and sel.read_only:
+            raise _No(TEXT_READ_ONLY)
+        target = await self.store.index.get_mailbox(self.user_id, _decode_name(args.mailbox))
+        if target is None:
+            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
+        uids = [u for _, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        if not uids:
+            return f"{command.name} completed"
+        if command.name == "MOVE":
+            pairs = await self.store.index.move_messages(sel.id, uids, target.id)
+        else:
+            pairs = await self.store.index.copy_messages(sel.id, uids, target.id)
+        if not pairs:
+            return f"{command.name} completed"
+        code = r.code_copyuid(target.uidvalidity, [p[0] for p in pairs], [p[1] for p in pairs])
+        if command.name == "MOVE":  # RFC 6851 section 4.3: COPYUID before the EXPUNGEs
+            await self.send(r.untagged_status(r.STATUS_OK, "Moved", code))
+            return "MOVE completed"
+        return "COPY completed", code
+
+    cmd_move = cmd_copy
+
+    # -- SEARCH (RFC 3501 section 6.4.4) ----------------------------------------------------
+
+    async def cmd_search(self, command: Command):
+        args = command.arguments
+        assert isinstance(args, Search)
+        if args.return_options is not None:
+            raise _bad(TEXT_NOT_SUPPORTED)
+        if args.charset not in (None, "UTF-8", "US-ASCII"):
+            raise _No("Unsupported charset", r.code_badcharset(["UTF-8", "US-ASCII"]))
+        sel = self.sel
+        matches = []
+        largest_uid = sel.uids[-1] if sel.uids else 0
+        for index, u in enumerate(sel.uids):
+            record = sel.records.get(u)
+            if record is None:
+                continue
+            context = _SearchContext(self, record, index + 1, len(sel.uids), largest_uid)
+            if await context.matches(args.key):
+                matches.append(u if command.uid else index + 1)
+        await self.send(r.search_response(matches))
+        return "SEARCH completed"
+
+    # -- untagged updates -------------------------------------------------------------------
+
+    async def _report_changes_safely(self, *, allow_expunge: bool) -> None:
+        """`_report_changes`, where a storage failure only postpones the report: the
+        command itself has succeeded."""
+        try:
+            await self._report_changes(allow_expunge=allow_expunge)
+        except StorageError as exc:
+            log.warning("imap: cannot report mailbox changes now: %s", exc)
+
+    async def _report_changes(self, *, allow_expunge: bool) -> None:
+        """Tell the client what changed in the selected mailbox since it was last told
+        (RFC 3501 section 7: EXPUNGE, EXISTS, FETCH FLAGS), by comparing a fresh listing
+        with the reported one when UIDNEXT or HIGHESTMODSEQ moved."""
+        sel = self.selected
+        if sel is None:
+            return
+        box = await self.store.index.get_mailbox_by_id(sel.id)
+        if box is None:
+            return  # deleted by another session; the next command will fail on it
+        ghosts = len(sel.uids) != len(sel.records)
+        if box.highestmodseq == sel.highestmodseq and box.uidnext == sel.uidnext and not (ghosts and allow_expunge):
+            return
+        rows = await self.store.index.list_messages(sel.id)
+        fresh = {m.uid: m for m in rows}
+        out = []
+        kept = []
+        for position, u in reversed(list(enumerate(sel.uids))):
+            if u in fresh or not allow_expunge:
+                kept.append(u)
+            else:  # descending order keeps the lower sequence numbers valid
+                out.append(r.expunge_response(position + 1))
+                sel.flags.pop(u, None)
+        kept.reverse()
+        known = set(kept)
+        new = [m.uid for m in rows if m.uid not in known and (not kept or m.uid > kept[-1])]
+        sel.uids = kept + new
+        sel.records = {u: fresh[u] for u in sel.uids if u in fresh}
+        keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
+        if not keywords <= sel.keywords:
+            sel.keywords |= keywords
+            out.append(r.flags_response(self._flag_list(sel)))
+        if new:
+            out.append(r.exists_response(len(sel.uids)))
+            for u in new:
+                sel.flags[u] = fresh[u].flags
+        for position, u in enumerate(sel.uids):
+            record = sel.records.get(u)
+            if record is not None and sel.flags.get(u) != record.flags:
+                sel.flags[u] = record.flags
+                out.append(r.fetch_response(position + 1, [
+                    ("UID", r.encode_number(u)), ("FLAGS", r.encode_flag_list(sorted(record.flags)))]))
+        sel.highestmodseq, sel.uidnext = box.highestmodseq, box.uidnext
+        if out:
+            await self.send(b"".join(out))
+
+    HANDLERS: dict[str, Callable[["ImapSession", Command], Awaitable[object]]] = {}
+
+
+class _NoReplyType:
+    """Returned by a handler that has already sent its tagged response."""
+
+
+_NoReply = _NoReplyType()
+
+
+class _SearchContext:
+    """Evaluates a search tree against one message, loading its header only when a
+    header key needs it."""
+
+    def __init__(self, session: ImapSession, record: MessageRecord, sequence: int, count: int,
+                 largest_uid: int) -> None:
+        self.session = session
+        self.record = record
+        self.sequence = sequence
+        self.count = count
+        self.largest_uid = largest_uid
+        self._header: bytes | None = None
+
+    async def header_values(self, name: str) -> list[str]:
+        if self._header is None:
+            structure = await self.session._structure(self.record)
+            self._header = await self.session.store.blobs.get_range(
+                self.record.blob_key, 0, structure.body.body_start)
+        fields = bodystructure.filter_header_fields(self._header, (name.upper(),))
+        values = []
+        for line in re.split(rb"\r?\n(?![ \t])", fields):
+            if b":" in line:
+                values.append(_header_text(line.split(b":", 1)[1].strip()))
+        return values
+
+    async def matches(self, key: SearchKey) -> bool:
+        name, args, record = key.name, key.args, self.record
+        flags = {f.lower() for f in record.flags}
+        if name == "AND":
+            for child in args:
+                assert isinstance(child, SearchKey)
+                if not await self.matches(child):
+                    return False
+            return True
+        if name == "NOT":
+            return not await self.matches(args[0])  # type: ignore[arg-type]
+        if name == "OR":
+            return await self.matches(args[0]) or await self.matches(args[1])  # type: ignore[arg-type]
+        if name in ("ALL", "OLD"):
+            return True
+        if name in ("RECENT", "NEW"):
+            return False
+        if name in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[name]
+            return (flag in flags) == present
+        if name in ("KEYWORD", "UNKEYWORD"):
+            return (str(args[0]).lower() in flags) == (name == "KEYWORD")
+        if name == "SEQUENCE":
+            sequence_set = args[0]
+            assert isinstance(sequence_set, SequenceSet)
+            if sequence_set.saved_result:
+                raise _bad(TEXT_NOT_SUPPORTED)
+            return sequence_set.contains(self.sequence, self.count)
+        if name == "UID":
+            sequence_set = args[0]
+            assert isinstance(sequence_set, SequenceSet)
+            if sequence_set.saved_result:
+                raise _bad(TEXT_NOT_SUPPORTED)
+            return sequence_set.contains(record.uid, self.largest_uid)
+        if name == "LARGER":
+            return record.size > int(args[0])  # type: ignore[arg-type]
+        if name == "SMALLER":
+            return record.size < int(args[0])  # type: ignore[arg-type]
+        if name in ("BEFORE", "ON", "SINCE"):
+            # internal date, disregarding time and timezone (RFC 3501 section 6.4.4)
+            return _compare_date(name, record.internal_date.date(), args[0])  # type: ignore[arg-type]
+        if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            values = await self.header_values("Date")
+            try:
+                sent = email.utils.parsedate_to_datetime(values[0]).date() if values else None
+            except (TypeError, ValueError, IndexError):
+                sent = None
+            return sent is not None and _compare_date(name[4:], sent, args[0])  # type: ignore[arg-type]
+        if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+            return await self._header_contains(name, str(args[0]))
+        if name == "HEADER":
+            return await self._header_contains(str(args[0]), str(args[1]))
+        raise _bad(TEXT_NOT_SUPPORTED)  # BODY, TEXT, MODSEQ, OLDER, YOUNGER
+
+    async def _header_contains(self, field_name: str, needle: str) -> bool:
+        values = await self.header_values(field_name)
+        if not needle:  # HEADER name "" matches every message with the field
+            return bool(values)
+        needle = needle.casefold()
+        return any(needle in v.casefold() for v in values)
+
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\answered", True), "UNANSWERED": ("\\answered", False),
+    "DELETED": ("\\deleted", True), "UNDELETED": ("\\deleted", False),
+    "DRAFT": ("\\draft", True), "UNDRAFT": ("\\draft", False),
+    "FLAGGED": ("\\flagged", True), "UNFLAGGED": ("\\flagged", False),
+    "SEEN": ("\\seen", True), "UNSEEN": ("\\seen", False),
+}
+
+
+def _compare_date(op: str, day: _dt.date, wanted: _dt.date) -> bool:
+    if op == "BEFORE":
+        return day < wanted
+    if op == "ON":
+        return day == wanted
+    return day >= wanted  # SINCE
+
+
+ImapSession.HANDLERS.update({
+    "CAPABILITY": ImapSession.cmd_capability, "NOOP": ImapSession.cmd_noop,
+    "LOGOUT": ImapSession.cmd_logout, "ID": ImapSession.cmd_id,
+    "STARTTLS": ImapSession.cmd_starttls, "LOGIN": ImapSession.cmd_login,
+    "AUTHENTICATE": ImapSession.cmd_authenticate,
+    "NAMESPACE": ImapSession.cmd_namespace, "ENABLE": ImapSession.cmd_enable,
+    "SELECT": ImapSession.cmd_select, "EXAMINE": ImapSession.cmd_examine,
+    "CREATE": ImapSession.cmd_create, "DELETE": ImapSession.cmd_delete,
+    "RENAME": ImapSession.cmd_rename, "SUBSCRIBE": ImapSession.cmd_subscribe,
+    "UNSUBSCRIBE": ImapSession.cmd_unsubscribe, "LIST": ImapSession.cmd_list,
+    "LSUB": ImapSession.cmd_lsub, "STATUS": ImapSession.cmd_status,
+    "APPEND": ImapSession.cmd_append, "IDLE": ImapSession.cmd_idle,
+    "CHECK": ImapSession.cmd_check, "CLOSE": ImapSession.cmd_close,
+    "UNSELECT": ImapSession.cmd_unselect, "EXPUNGE": ImapSession.cmd_expunge,
+    "FETCH": ImapSession.cmd_fetch, "STORE": ImapSession.cmd_store,
+    "COPY": ImapSession.cmd_copy, "MOVE": ImapSession.cmd_move,
+    "SEARCH": ImapSession.cmd_search,
+})
