@@ -17,6 +17,7 @@ import logging
 from aiohttp import web
 
 from pymail import metrics
+from pymail.net.listen import bound_addresses
 from pymail.store import StorageError, Store
 
 log = logging.getLogger("pymail.http")
@@ -56,9 +57,8 @@ class HttpService:
         for host, port in self.addresses:
             site = web.TCPSite(self.runner, host, port, reuse_port=self.reuse_port or None)
             await site.start()
-            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
-                addr = sock.getsockname()
-                bound.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+            if site._server is not None:  # aiohttp keeps the asyncio server private
+                bound += bound_addresses(site._server.sockets)  # type: ignore[attr-defined]
         return bound
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -28,6 +28,7 @@ client that disconnects during delivery does not interrupt the store (it is shie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import re
@@ -43,6 +44,7 @@ from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import RecipientStatus, Router
 from pymail.mail import trace
 from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_path, split_route
+from pymail.net.listen import bound_addresses
 from pymail.store.interfaces import DeliveryTarget, StorageError
 
 log = logging.getLogger("pymail.smtp")
@@ -539,9 +541,7 @@ class SmtpService:
                 self._protocol, host, port, reuse_port=self.reuse_port or None, backlog=1024
             )
             self.servers.append(server)
-            for sock in server.sockets:
-                addr = sock.getsockname()
-                bound.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+            bound += bound_addresses(server.sockets)
         return bound
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -553,5 +553,6 @@ class SmtpService:
             await asyncio.wait(pending, timeout=grace)
         for connection in list(self.connections):
             connection.shutdown()
-        for server in self.servers:
-            await server.wait_closed()
+        for server in self.servers:  # bounded: a stuck peer must not hold the stop
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)

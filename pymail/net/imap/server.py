@@ -25,6 +25,7 @@ import ssl
 
 from pymail.auth.service import Authenticator
 from pymail.net.imap.session import ImapSession, Logout
+from pymail.net.listen import bound_addresses
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.parser import CONNECTION_CLOSED, NEED_DATA, CommandReader, NeedContinuation
@@ -191,9 +192,7 @@ class ImapService:
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_SIZE,
             )
             self.servers.append(server)
-            for sock in server.sockets:
-                addr = sock.getsockname()
-                bound.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+            bound += bound_addresses(server.sockets)
         return bound
 
     async def stop(self, grace: float = 30.0) -> None:
