@@ -30,6 +30,7 @@ from pymail.net import sdnotify
 from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
 from pymail.net.imap import ImapService
+from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.smtp import MxHandler, SmtpService
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
@@ -164,6 +165,7 @@ class Worker:
                 raise StartupError(f"listen.smtp: cannot listen on {cfg.listen.smtp}: {e.strerror or e}") from None
             self.services.append(smtp)
             lines += [f"smtp listening on {a}" for a in bound]
+        watcher = MailboxWatcher(self.store)  # one change feed for both IMAP services
         for name, implicit_tls in (("imaps", True), ("imap", False)):
             addresses = getattr(cfg.listen, name)
             if not addresses:
@@ -176,6 +178,8 @@ class Worker:
                 self._tls_context(),
                 implicit_tls=implicit_tls,
                 reuse_port=self.reuse_port,
+                append_limit=cfg.limits.message_size,
+                watcher=watcher,
             )
             try:
                 bound = await imap.start()

@@ -39,6 +39,7 @@ too slow for the delivery hot path.
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -216,6 +217,65 @@ class MessageStructure:
             else:
                 container = None
         return selected
+
+
+# --- decoding bodies (IMAP BINARY, SEARCH BODY/TEXT) ---------------------------------------------
+
+#: Content-Transfer-Encodings that leave the octets as they are (RFC 2045 section 6.2).
+IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+
+
+class UnknownTransferEncoding(ValueError):
+    """A Content-Transfer-Encoding pymail cannot decode (IMAP ``[UNKNOWN-CTE]``)."""
+
+
+def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
+    """`data` with its Content-Transfer-Encoding removed (RFC 2045 section 6).
+
+    base64 ignores characters outside the alphabet and tolerates missing padding, as
+    mail readers do (RFC 2045 section 6.8); quoted-printable drops soft line breaks and
+    keeps hard ones (section 6.7).  Raises `UnknownTransferEncoding` for anything else
+    but the identity encodings."""
+    encoding = encoding.lower()
+    if encoding in IDENTITY_ENCODINGS:
+        return data
+    if encoding == "base64":
+        text = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
+        return binascii.a2b_base64(text + b"=" * (-len(text) % 4)) if text else b""
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(data)
+    raise UnknownTransferEncoding(encoding)
+
+
+def iter_text(raw: bytes, message: MessageStructure, *, headers: bool) -> Iterator[str]:
+    """The searchable text of a message (IMAP SEARCH BODY and TEXT, RFC 3501 section
+    6.4.4): each text/* part decoded from its transfer encoding and charset, recursing
+    into encapsulated messages; with `headers`, each header block too (raw, unfolded).
+    Undecodable bytes become U+FFFD; parts in unknown encodings are searched raw."""
+    if headers:
+        yield raw[message.body.header_start : message.body.body_start].decode("utf-8", "replace")
+    stack = [message.body]
+    while stack:
+        part = stack.pop(0)
+        if part.parts:
+            stack[0:0] = part.parts
+            continue
+        if part.message is not None:
+            yield from iter_text(raw, part.message, headers=headers)
+            continue
+        if part.type != "text":
+            continue
+        body = raw[part.body_start : part.end]
+        try:
+            body = decode_transfer_encoding(body, part.encoding)
+        except (UnknownTransferEncoding, binascii.Error):
+            pass
+        charset = part.params.get("charset", "us-ascii")
+        try:
+            yield body.decode(charset, "replace")
+        except LookupError:  # an unknown charset: UTF-8 is the best guess today
+            yield body.decode("utf-8", "replace")
 
 
 # --- parsing: entry point ----------------------------------------------------------------------

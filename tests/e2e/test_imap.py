@@ -136,7 +136,9 @@ def test_greeting_capabilities_and_authentication(server: PymailServer) -> None:
     assert lines[0] == b'* ID ("name" "pymail")' and tagged(lines).startswith(b"OK")
     lines = transact(client, "NAMESPACE")
     assert lines[0] == b'* NAMESPACE (("" "/")) NIL NIL'
-    lines = transact(client, "ENABLE CONDSTORE")
+    lines = transact(client, "ENABLE CONDSTORE X-UNKNOWN")
+    assert lines[0] == b"* ENABLED CONDSTORE" and tagged(lines).startswith(b"OK")
+    lines = transact(client, "ENABLE CONDSTORE")  # already enabled: not listed again
     assert lines[0] == b"* ENABLED" and tagged(lines).startswith(b"OK")
     client.logout()
     client = server.imaps_client()

@@ -24,7 +24,8 @@ import logging
 import ssl
 
 from pymail.auth.service import Authenticator
-from pymail.net.imap.session import ImapSession, Logout
+from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, ImapSession, Logout
+from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.listen import bound_addresses
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
@@ -54,9 +55,10 @@ class ImapConnection:
         self.tls = tls
         peer = writer.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "unknown"
-        self.commands = CommandReader()
+        self.commands = CommandReader(max_append=service.append_limit)
         self.session = ImapSession(service.store, service.authenticator, self,
-                                   starttls_available=not service.implicit_tls)
+                                   starttls_available=not service.implicit_tls,
+                                   append_limit=service.append_limit, watcher=service.watcher)
         self.busy = False
         self.task: asyncio.Task[None] | None = None
 
@@ -96,7 +98,7 @@ class ImapConnection:
         if pending:  # plaintext behind STARTTLS: refuse to carry it over
             raise Logout()
         await self.writer.start_tls(self.service.ssl_context)
-        self.commands = CommandReader()
+        self.commands = CommandReader(max_append=self.service.append_limit)
         self.tls = True
 
     def _autologout(self) -> float:
@@ -162,8 +164,15 @@ class ImapService:
 
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
-                 implicit_tls: bool, reuse_port: bool = False) -> None:
+                 implicit_tls: bool, reuse_port: bool = False,
+                 append_limit: int = DEFAULT_APPEND_LIMIT,
+                 watcher: MailboxWatcher | None = None) -> None:
+        """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
+        pymail's ``limits.message_size``); `watcher` is shared by the services of one
+        process so that they hold one change feed between them."""
         self.name = name
+        self.append_limit = append_limit
+        self.watcher = watcher if watcher is not None else MailboxWatcher(store)
         self.addresses = addresses
         self.store = store
         self.authenticator = authenticator

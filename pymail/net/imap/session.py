@@ -28,8 +28,10 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as _dt
 import email.header
 import email.utils
@@ -40,15 +42,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.mail.mime import MessageStructure, parse_structure
+from pymail.mail.mime import MessageStructure, UnknownTransferEncoding, iter_text, parse_structure
+from pymail.net.imap.watch import MailboxWatcher
 from pymail.proto.imap import bodystructure
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand
 from pymail.proto.imap.parser import CONNECTION_CLOSED, ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
-    Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, Id, List,
-    Login, Lsub, MailboxName, Rename, Search, SearchKey, Select, SequenceSet, Status, Store,
+    Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota, Id,
+    List, Login, Lsub, MailboxName, Rename, Search, SearchKey, Select, SequenceSet, Status,
+    Store,
 )
 from pymail.store import (
     AlreadyExists, Delivery, DeliveryTarget, Mailbox, MessageRecord, NotFound, StorageError,
@@ -59,13 +63,20 @@ log = logging.getLogger("pymail.imap")
 
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-IDLE_POLL_SECONDS = 1.0
 MAX_AUTH_FAILURES = 3
 
 # Capabilities (RFC 3501 section 6.1.1) -- only what this module implements.
-BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ENABLE", "IDLE", "NAMESPACE", "ID", "UIDPLUS",
-                     "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN")
+BASE_CAPABILITIES = (
+    "IMAP4rev1", "IMAP4rev2", "LITERAL+", "ENABLE", "IDLE", "NAMESPACE", "ID", "UIDPLUS",
+    "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
+    "ESEARCH", "SEARCHRES", "CONDSTORE", "BINARY", "STATUS=SIZE", "QUOTA",
+    "QUOTA=RES-STORAGE", "WITHIN",
+)
 AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
+#: What ENABLE turns on (RFC 5161): CONDSTORE (RFC 7162 section 3.1) and IMAP4rev2
+#: (RFC 9051 section 6.3.1).  QRESYNC is not offered (expunged UIDs are not remembered).
+ENABLEABLE = ("CONDSTORE", "IMAP4REV2")
+DEFAULT_APPEND_LIMIT = 50 * 1024 * 1024
 
 # Reply texts (STYLE.md item 5).
 TEXT_WRONG_STATE = "Command not allowed now"
@@ -114,19 +125,22 @@ class SelectedMailbox:
     uidnext: int
     highestmodseq: int
     keywords: set[str] = field(default_factory=set)
+    saved: list[int] = field(default_factory=list)  #: SEARCH RETURN (SAVE) UIDs (RFC 5182)
 
     @property
     def id(self) -> int:
         return self.mailbox.id
 
 
-def _decode_name(name: str) -> str:
-    """A mailbox name from the client: modified UTF-7 decoded (RFC 3501 section 5.1.3),
-    trailing delimiter dropped, INBOX in upper case."""
-    try:
-        name = r.decode_modified_utf7(name)
-    except ValueError:
-        raise _No("Invalid mailbox name") from None
+def _decode_name(name: str, *, utf8: bool = False) -> str:
+    """A mailbox name from the client: modified UTF-7 decoded (RFC 3501 section 5.1.3)
+    unless the client uses UTF-8 names (IMAP4rev2, RFC 9051 section 5.1), trailing
+    delimiter dropped, INBOX in upper case."""
+    if not utf8:
+        try:
+            name = r.decode_modified_utf7(name)
+        except ValueError:
+            raise _No("Invalid mailbox name") from None
     if len(name) > 1 and name.endswith(DELIMITER):
         name = name.rstrip(DELIMITER)
     if name.upper() == "INBOX":
@@ -187,21 +201,30 @@ class ImapSession:
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
     def __init__(self, store: MailStore, authenticator: Authenticator, channel: Channel, *,
-                 starttls_available: bool) -> None:
+                 starttls_available: bool, append_limit: int = DEFAULT_APPEND_LIMIT,
+                 watcher: MailboxWatcher | None = None) -> None:
         self.store = store
         self.authenticator = authenticator
         self.channel = channel
         self.starttls_available = starttls_available
+        self.append_limit = append_limit
+        self.watcher = watcher if watcher is not None else MailboxWatcher(store)
         self.state = ConnectionState.NOT_AUTHENTICATED
         self.user: User | None = None
         self.selected: SelectedMailbox | None = None
         self.auth_failures = 0
+        #: RFC 7162 section 3.1: a CONDSTORE enabling command was seen; every FETCH
+        #: with FLAGS then carries MODSEQ.
+        self.condstore = False
+        #: RFC 9051 section 6.3.1: the client enabled IMAP4rev2 -- UTF-8 mailbox names,
+        #: ESEARCH answers to SEARCH, no RECENT.
+        self.rev2 = False
         self._structures: dict[str, MessageStructure] = {}
 
     # -- capabilities and greeting --------------------------------------------------------
 
     def capabilities(self) -> list[str]:
-        caps = list(BASE_CAPABILITIES)
+        caps = [*BASE_CAPABILITIES, f"APPENDLIMIT={self.append_limit}"]
         if self.state is ConnectionState.NOT_AUTHENTICATED:
             if self.channel.tls:
                 caps += AUTH_CAPABILITIES
@@ -237,6 +260,8 @@ class ImapSession:
             return
         except BadCommand:
             raise  # the reader's own error during a continuation: the loop answers it
+        except asyncio.TimeoutError:
+            raise  # the client was silent too long (autologout): the loop says BYE
         except Exception:
             log.exception("imap %s failed", command.name)
             await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_SERVERBUG, r.SERVERBUG))
@@ -370,19 +395,33 @@ class ImapSession:
         assert self.user is not None
         return self.user.id
 
+    def _name(self, raw: str) -> str:
+        return _decode_name(raw, utf8=self.rev2)
+
     async def cmd_namespace(self, command: Command):
         # RFC 2342: one personal namespace, no others.
         await self.send(r.namespace_response([("", DELIMITER)], None, None))
         return "NAMESPACE completed"
 
     async def cmd_enable(self, command: Command):
-        # RFC 5161: none of the ENABLE-able extensions is offered, so none is enabled.
-        assert isinstance(command.arguments, Enable)
-        await self.send(r.enabled_response([]))
+        # RFC 5161 section 3.1: answer with what was newly enabled; unknown names are
+        # ignored.  CONDSTORE (RFC 7162 section 3.1), IMAP4rev2 (RFC 9051 section 6.3.1).
+        args = command.arguments
+        assert isinstance(args, Enable)
+        enabled = []
+        for name in args.capabilities:
+            wanted = name.upper()
+            if wanted == "CONDSTORE" and not self.condstore:
+                self.condstore = True
+                enabled.append("CONDSTORE")
+            elif wanted == "IMAP4REV2" and not self.rev2:
+                self.rev2 = True
+                enabled.append("IMAP4rev2")
+        await self.send(r.enabled_response(enabled))
         return "ENABLE completed"
 
     async def _mailbox(self, raw_name: str) -> Mailbox:
-        box = await self.store.index.get_mailbox(self.user_id, _decode_name(raw_name))
+        box = await self.store.index.get_mailbox(self.user_id, self._name(raw_name))
         if box is None:
             raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT)
         return box
@@ -391,8 +430,14 @@ class ImapSession:
         # RFC 3501 sections 6.3.1 and 6.3.2.
         args = command.arguments
         assert isinstance(args, Select)
-        if args.condstore or args.qresync is not None:
-            raise _bad(TEXT_NOT_SUPPORTED)
+        if args.qresync is not None:  # RFC 7162 section 3.2.5: only once QRESYNC is enabled
+            raise _bad("QRESYNC is not enabled")
+        if args.condstore:
+            self.condstore = True
+        if self.selected is not None:
+            # RFC 9051 section 6.3.2 / RFC 7162 section 3.2.11: the old mailbox is closed
+            # (without expunge) before the new one's responses.
+            await self.send(r.untagged_status(r.STATUS_OK, "Previous mailbox is now closed", r.CLOSED))
         self.selected = None
         self.state = ConnectionState.AUTHENTICATED
         box = await self._mailbox(args.mailbox)
@@ -405,13 +450,14 @@ class ImapSession:
         )
         sel.keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
         first_unseen = next((i + 1 for i, m in enumerate(rows) if "\\Seen" not in m.flags), None)
-        out = [
-            r.flags_response(self._flag_list(sel)),
-            r.exists_response(len(rows)),
-            r.recent_response(0),
-        ]
-        if first_unseen is not None:
-            out.append(r.untagged_status(r.STATUS_OK, "First unseen", r.code_unseen(first_unseen)))
+        out = [r.flags_response(self._flag_list(sel)), r.exists_response(len(rows))]
+        if self.rev2:  # RFC 9051 section 6.3.2: LIST instead of RECENT and UNSEEN
+            attrs = [box.special_use] if box.special_use else []
+            out.append(r.list_response(attrs, DELIMITER, box.name, utf8=True))
+        else:
+            out.append(r.recent_response(0))
+            if first_unseen is not None:
+                out.append(r.untagged_status(r.STATUS_OK, "First unseen", r.code_unseen(first_unseen)))
         permanent = [] if read_only else [*self._flag_list(sel), "\\*"]
         out += [
             r.untagged_status(r.STATUS_OK, "Flags permitted", r.code_permanentflags(permanent)),
@@ -434,7 +480,7 @@ class ImapSession:
         # RFC 3501 section 6.3.3: superior names are created as needed.
         args = command.arguments
         assert isinstance(args, MailboxName)
-        name = _decode_name(args.mailbox)
+        name = self._name(args.mailbox)
         if name == "INBOX":
             raise _No("Mailbox exists", r.ALREADYEXISTS)
         index = self.store.index
@@ -456,7 +502,7 @@ class ImapSession:
         # RFC 3501 section 6.3.4.
         args = command.arguments
         assert isinstance(args, MailboxName)
-        name = _decode_name(args.mailbox)
+        name = self._name(args.mailbox)
         if name == "INBOX":
             raise _No("INBOX cannot be deleted", r.CANNOT)
         if self.selected is not None and self.selected.mailbox.name == name:
@@ -473,7 +519,7 @@ class ImapSession:
         # RFC 3501 section 6.3.5.
         args = command.arguments
         assert isinstance(args, Rename)
-        old, new = _decode_name(args.mailbox), _decode_name(args.new_name)
+        old, new = self._name(args.mailbox), self._name(args.new_name)
         if new == "INBOX":
             raise _No("Mailbox exists", r.ALREADYEXISTS)
         try:
@@ -492,7 +538,7 @@ class ImapSession:
         assert isinstance(args, MailboxName)
         try:
             await self.store.index.set_subscribed(
-                self.user_id, _decode_name(args.mailbox), command.name == "SUBSCRIBE")
+                self.user_id, self._name(args.mailbox), command.name == "SUBSCRIBE")
         except NotFound:
             raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
         return f"{command.name} completed"
@@ -511,36 +557,59 @@ class ImapSession:
         return [(n, boxes.get(n), n in parents) for n in order]
 
     async def cmd_list(self, command: Command):
-        # RFC 3501 section 6.3.8, RFC 5258 selection/return options as Thunderbird sends
-        # them (SUBSCRIBED, SPECIAL-USE, CHILDREN), RFC 6154 special-use attributes.
+        # RFC 3501 section 6.3.8; RFC 5258 LIST-EXTENDED selection options (SUBSCRIBED,
+        # SPECIAL-USE, RECURSIVEMATCH) and return options (SUBSCRIBED, CHILDREN,
+        # SPECIAL-USE, STATUS: RFC 5819 LIST-STATUS); RFC 6154 special-use attributes.
         args = command.arguments
         assert isinstance(args, List)
         select = set(args.selection_options)
         returns = set(args.return_options)
-        if args.status_items or "RECURSIVEMATCH" in select:
-            raise _bad(TEXT_NOT_SUPPORTED)
+        if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH"}:
+            raise _bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 section 3
         if len(args.patterns) == 1 and args.patterns[0] == "" and not args.extended:
             # the hierarchy delimiter and root (RFC 3501 section 6.3.8)
             await self.send(r.list_response(["\\Noselect"], DELIMITER, ""))
             return "LIST completed"
         regexes = [_pattern_regex(self._canonical(args.reference, p)) for p in args.patterns if p]
+        listing = await self._listing()
+
+        def selected_by_options(box: Mailbox | None) -> bool:
+            if "SUBSCRIBED" in select and (box is None or not box.subscribed):
+                return False
+            if "SPECIAL-USE" in select and (box is None or not box.special_use):
+                return False
+            return True
+
+        # RFC 5258 section 3.5 (RECURSIVEMATCH): a name is also returned when one of its
+        # descendants meets the selection criteria, with CHILDINFO naming them.
+        child_info: set[str] = set()
+        if "RECURSIVEMATCH" in select:
+            for name, box, _children in listing:
+                if selected_by_options(box):
+                    parts = name.split(DELIMITER)
+                    child_info.update(DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
         out = []
-        for name, box, children in await self._listing():
+        for name, box, children in listing:
             if not any(_name_matches(rx, name) for rx in regexes):
                 continue
+            meets = selected_by_options(box)
+            if not meets and name not in child_info:
+                continue
             subscribed = box is not None and box.subscribed
-            if "SUBSCRIBED" in select and not subscribed:
-                continue
-            if "SPECIAL-USE" in select and (box is None or not box.special_use):
-                continue
             attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
             if box is None:
-                attrs.insert(0, "\\NonExistent" if args.extended else "\\Noselect")
+                attrs.insert(0, "\\NonExistent" if args.extended or self.rev2 else "\\Noselect")
             elif box.special_use:
                 attrs.append(box.special_use)
             if subscribed and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns):
                 attrs.append("\\Subscribed")
-            out.append(r.list_response(attrs, DELIMITER, name))
+            extended: list[tuple[str, object]] = []
+            if name in child_info:
+                extended.append(("CHILDINFO", ["SUBSCRIBED"] if "SUBSCRIBED" in select else ["SPECIAL-USE"]))
+            out.append(r.list_response(attrs, DELIMITER, name, extended=extended, utf8=self.rev2))
+            if args.status_items and box is not None and meets:  # RFC 5819 section 2
+                values = await self._status_values(box, args.status_items)
+                out.append(r.status_response(name, values, utf8=self.rev2))
         await self.send(b"".join(out))
         return "LIST completed"
 
@@ -568,40 +637,47 @@ class ImapSession:
             attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
             if box.special_use:
                 attrs.append(box.special_use)
-            out.append(r.list_response(attrs, DELIMITER, name, command="LSUB"))
+            out.append(r.list_response(attrs, DELIMITER, name, command="LSUB", utf8=self.rev2))
         await self.send(b"".join(out))
         return "LSUB completed"
 
     async def cmd_status(self, command: Command):
-        # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ.
+        # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ, RFC 7889
+        # APPENDLIMIT.
         args = command.arguments
         assert isinstance(args, Status)
-        if "APPENDLIMIT" in args.items:
-            raise _bad(TEXT_NOT_SUPPORTED)
         box = await self._mailbox(args.mailbox)
+        values = await self._status_values(box, args.items)
+        await self.send(r.status_response(box.name, values, utf8=self.rev2))
+        return "STATUS completed"
+
+    async def _status_values(self, box: Mailbox, items: tuple[str, ...]) -> list[tuple[str, int]]:
+        if "HIGHESTMODSEQ" in items:
+            self.condstore = True  # RFC 7162 section 3.1: a CONDSTORE enabling command
         status = await self.store.index.mailbox_status(box.id)
         values = {
             "MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.mailbox.uidnext,
             "UIDVALIDITY": status.mailbox.uidvalidity, "UNSEEN": status.unseen,
             "DELETED": status.deleted, "SIZE": status.size,
-            "HIGHESTMODSEQ": status.mailbox.highestmodseq,
+            "HIGHESTMODSEQ": status.mailbox.highestmodseq, "APPENDLIMIT": self.append_limit,
         }
-        await self.send(r.status_response(box.name, [(i, values[i]) for i in args.items]))
-        return "STATUS completed"
+        return [(item, values[item]) for item in items]
 
     async def cmd_append(self, command: Command):
         # RFC 3501 section 6.3.11, RFC 4315 APPENDUID; durable before OK: the blob is
         # put first, then the index commits (docs/architecture.md, "The durability rule").
+        # A ``~{n}`` literal8 (RFC 3516 section 4.4) is stored as sent.
         args = command.arguments
         assert isinstance(args, Append)
-        if args.binary:
-            raise _bad(TEXT_NOT_SUPPORTED)
-        name = _decode_name(args.mailbox)
+        name = self._name(args.mailbox)
         box = await self.store.index.get_mailbox(self.user_id, name)
         if box is None:
             raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
         if not args.message:
             raise _bad("Empty message")
+        if len(args.message) > self.append_limit:  # RFC 7889; the reader checks it first
+            raise _No("Message too big", r.TOOBIG)
+        await self._check_quota(len(args.message))
         flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
         structure = parse_structure(args.message).to_json()
         key = await self.store.blobs.put(args.message)
@@ -614,23 +690,96 @@ class ImapSession:
             raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
         return "APPEND completed", r.code_appenduid(box.uidvalidity, [stored[0].uid])
 
+    # -- QUOTA (RFC 9208): one root "" per user, STORAGE in units of 1024 octets ----------
+
+    async def _storage_used(self) -> int:
+        """Octets in all the user's mailboxes (the sum of RFC822.SIZE)."""
+        total = 0
+        for box in await self.store.index.list_mailboxes(self.user_id):
+            total += (await self.store.index.mailbox_status(box.id)).size
+        return total
+
+    async def _check_quota(self, adding: int) -> None:
+        """NO [OVERQUOTA] (RFC 9208 section 4.3) when `adding` octets exceed the
+        user's quota (``virtual_users.quota``, 0 = unlimited)."""
+        assert self.user is not None
+        if self.user.quota and await self._storage_used() + adding > self.user.quota:
+            raise _No("Quota exceeded", r.OVERQUOTA)
+
+    async def _quota_response(self) -> bytes:
+        assert self.user is not None
+        used = await self._storage_used()
+        return r.quota_response("", [("STORAGE", (used + 1023) // 1024, self.user.quota // 1024)])
+
+    async def cmd_getquotaroot(self, command: Command):
+        # RFC 9208 section 4.3.2: every mailbox of a user with a quota has the root "".
+        args = command.arguments
+        assert isinstance(args, MailboxName)
+        box = await self._mailbox(args.mailbox)
+        assert self.user is not None
+        if not self.user.quota:
+            await self.send(r.quotaroot_response(box.name, [], utf8=self.rev2))
+        else:
+            await self.send(r.quotaroot_response(box.name, [""], utf8=self.rev2) + await self._quota_response())
+        return "GETQUOTAROOT completed"
+
+    async def cmd_getquota(self, command: Command):
+        # RFC 9208 section 4.3.1.
+        args = command.arguments
+        assert isinstance(args, GetQuota)
+        assert self.user is not None
+        if args.root != "" or not self.user.quota:
+            raise _No("No such quota root", r.NONEXISTENT)
+        await self.send(await self._quota_response())
+        return "GETQUOTA completed"
+
     async def cmd_idle(self, command: Command):
         # RFC 2177: updates while idling; DONE ends it.
+        # While selected, the mailbox watcher wakes the session on every committed change
+        # from any process or node (the index's change feed); the session then compares
+        # and reports.  A slow poll stays as the safety net (`MailboxWatcher`).
         await self.send(r.continuation("idling"))
         self.channel.expect_idle_done()
-        while True:
+        watcher, mailbox_id = self.watcher, self.selected.id if self.selected else None
+        changed = watcher.register(mailbox_id) if mailbox_id is not None else None
+        try:
+            if changed is not None:
+                watcher.poll_interval()  # starts the feed
+                await watcher.listening(timeout=2.0)
+                await self._report_changes_safely(allow_expunge=True)  # since the command
+            reading = asyncio.ensure_future(self.channel.next_event())
             try:
-                event = await self.channel.next_event(timeout=IDLE_POLL_SECONDS)
-            except BadCommand:
-                raise _bad("Expected DONE") from None
-            if event is None:
-                await self._report_changes_safely(allow_expunge=True)
-                continue
-            if isinstance(event, IdleDone):
-                return "IDLE terminated"
-            if event is CONNECTION_CLOSED:
-                raise Logout()
-            raise Logout()  # nothing else can come while the reader waits for DONE
+                while True:
+                    waits: set[asyncio.Future] = {reading}
+                    waiting = None
+                    if changed is not None:
+                        waiting = asyncio.ensure_future(changed.wait())
+                        waits.add(waiting)
+                    timeout = watcher.poll_interval() if changed is not None else None
+                    done, _ = await asyncio.wait(waits, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if waiting is not None and not waiting.done():
+                        waiting.cancel()
+                    if reading in done:
+                        break
+                    if changed is not None:
+                        changed.clear()
+                        await self._report_changes_safely(allow_expunge=True)
+                try:
+                    event = reading.result()
+                except BadCommand:
+                    raise _bad("Expected DONE") from None
+            finally:
+                if not reading.done():
+                    reading.cancel()
+                    with contextlib.suppress(BaseException):
+                        await reading
+        finally:
+            if changed is not None and mailbox_id is not None:
+                watcher.unregister(mailbox_id, changed)
+        if isinstance(event, IdleDone):
+            return "IDLE terminated"
+        raise Logout()  # the connection closed: nothing else can come before DONE
 
     # -- selected (RFC 3501 section 6.4) ----------------------------------------------------
 
@@ -658,10 +807,12 @@ class ImapSession:
         return "UNSELECT completed"
 
     def _resolve(self, sequence_set: SequenceSet, uid: bool) -> list[tuple[int, int]]:
-        """(sequence number, UID) of the messages a set names, ascending."""
-        if sequence_set.saved_result:
-            raise _bad(TEXT_NOT_SUPPORTED)
+        """(sequence number, UID) of the messages a set names, ascending.  ``$`` is the
+        saved search result (RFC 5182 section 2.1), whatever the UID prefix."""
         uids = self.sel.uids
+        if sequence_set.saved_result:
+            saved = set(self.sel.saved)
+            return [(i + 1, u) for i, u in enumerate(uids) if u in saved]
         if uid:
             if not uids:
                 return []
@@ -684,26 +835,36 @@ class ImapSession:
         return structure
 
     async def cmd_fetch(self, command: Command):
-        # RFC 3501 section 6.4.5; UID FETCH always reports UID (section 6.4.8).
+        # RFC 3501 section 6.4.5; UID FETCH always reports UID (section 6.4.8); BINARY
+        # (RFC 3516); MODSEQ and CHANGEDSINCE (RFC 7162 sections 3.1.4, 3.1.4.1).
         args = command.arguments
         assert isinstance(args, Fetch)
-        if args.changed_since is not None or args.vanished:
-            raise _bad(TEXT_NOT_SUPPORTED)
+        if args.vanished:  # RFC 7162 section 3.2.6: needs QRESYNC, which is not offered
+            raise _bad("VANISHED needs QRESYNC")
         attributes = list(args.attributes)
         names = {a.name for a in attributes}
-        if names & {"BINARY", "BINARY.SIZE", "SAVEDATE", "EMAILID", "THREADID"}:
+        if names & {"SAVEDATE", "EMAILID", "THREADID"}:
             raise _bad(TEXT_NOT_SUPPORTED)
+        if args.changed_since is not None or "MODSEQ" in names:
+            self.condstore = True  # a CONDSTORE enabling command (RFC 7162 section 3.1)
+            if "MODSEQ" not in names:
+                attributes.append(FetchAttribute("MODSEQ"))
+                names.add("MODSEQ")
         if command.uid and "UID" not in names:
             attributes.insert(0, FetchAttribute("UID"))
         sets_seen = any(
-            (a.name == "BODY" and a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
+            (a.name in ("BODY", "BINARY") and a.section is not None and not a.peek)
+            or a.name in ("RFC822", "RFC822.TEXT")
             for a in attributes)
         needs_structure = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
-                                        "RFC822.TEXT"})
+                                        "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
         needs_blob = any(a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
-                         or (a.name == "BODY" and a.section is not None) for a in attributes)
+                         or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None)
+                         for a in attributes)
         sel = self.sel
         targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        if args.changed_since is not None:
+            targets = [(seq, u) for seq, u in targets if sel.records[u].modseq > args.changed_since]
         if sets_seen and not sel.read_only:
             unseen = [u for _, u in targets if "\\Seen" not in sel.records[u].flags]
             if unseen:
@@ -727,42 +888,68 @@ class ImapSession:
                     items.append(("RFC822.SIZE", r.encode_number(record.size)))
                 elif name == "MODSEQ":
                     items.append(("MODSEQ", r.encode_modseq(record.modseq)))
+                elif name in ("BINARY", "BINARY.SIZE"):
+                    assert structure is not None
+                    try:
+                        items.append(bodystructure.fetch_binary_item(attribute, raw, structure))
+                    except UnknownTransferEncoding:
+                        raise _No("Unknown Content-Transfer-Encoding", r.UNKNOWN_CTE) from None
                 else:
                     assert structure is not None
-                    items.append(bodystructure.fetch_body_item(attribute, raw, structure))
+                    items.append(bodystructure.fetch_body_item(attribute, raw, structure, utf8=self.rev2))
             if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
                 items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                if self.condstore and "MODSEQ" not in names:
+                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
+            elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
+                items.append(("MODSEQ", r.encode_modseq(record.modseq)))  # RFC 7162 3.1.4.1
             sel.flags[u] = record.flags
             await self.send(r.fetch_response(seq, items))
         return "FETCH completed"
 
     async def cmd_store(self, command: Command):
-        # RFC 3501 section 6.4.6.
+        # RFC 3501 section 6.4.6; UNCHANGEDSINCE and the MODIFIED code (RFC 7162 3.1.3).
         args = command.arguments
         assert isinstance(args, Store)
-        if args.unchanged_since is not None:
-            raise _bad(TEXT_NOT_SUPPORTED)
         sel = self.sel
         if sel.read_only:
             raise _No(TEXT_READ_ONLY)
+        if args.unchanged_since is not None:
+            self.condstore = True
         targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
         flags = frozenset(f for f in args.flags if f.lower() != "\\recent")
         mode = {"": "replace", "+": "add", "-": "remove"}[args.mode]
+        changed: set[int] = set()
+        failed: list[int] = []
         if targets:
-            update = await self.store.index.store_flags(sel.id, [u for _, u in targets], flags, mode)
+            update = await self.store.index.store_flags(
+                sel.id, [u for _, u in targets], flags, mode, unchanged_since=args.unchanged_since)
             for record in update.changed:
                 sel.records[record.uid] = record
+                changed.add(record.uid)
+            failed = list(update.failed)
         sel.keywords.update(f for f in flags if not f.startswith("\\"))
+        refused = set(failed)
         out = []
         for seq, u in targets:
+            if u in refused:
+                continue
             record = sel.records[u]
+            items = []
             if not args.silent:
-                items = [("FLAGS", r.encode_flag_list(sorted(record.flags)))]
+                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+            if self.condstore and (not args.silent or (args.unchanged_since is not None and u in changed)):
+                # RFC 7162 section 3.1.3: with UNCHANGEDSINCE, FETCH MODSEQ even if .SILENT
+                items.append(("MODSEQ", r.encode_modseq(record.modseq)))
+            if items:
                 if command.uid:
                     items.insert(0, ("UID", r.encode_number(u)))
                 out.append(r.fetch_response(seq, items))
             sel.flags[u] = record.flags
         await self.send(b"".join(out))
+        if failed:
+            numbers = sorted(failed) if command.uid else [seq for seq, u in targets if u in refused]
+            return "Conditional STORE failed", r.code_modified(numbers)
         return "STORE completed"
 
     async def cmd_expunge(self, command: Command):
@@ -788,7 +975,7 @@ class ImapSession:
         sel = self.sel
         if command.name == "MOVE" and sel.read_only:
             raise _No(TEXT_READ_ONLY)
-        target = await self.store.index.get_mailbox(self.user_id, _decode_name(args.mailbox))
+        target = await self.store.index.get_mailbox(self.user_id, self._name(args.mailbox))
         if target is None:
             raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
         uids = [u for _, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
@@ -811,23 +998,66 @@ class ImapSession:
     # -- SEARCH (RFC 3501 section 6.4.4) ----------------------------------------------------
 
     async def cmd_search(self, command: Command):
+        # RFC 3501 section 6.4.4; RETURN options MIN MAX ALL COUNT (RFC 4731 ESEARCH) and
+        # SAVE (RFC 5182 SEARCHRES); the MODSEQ key (RFC 7162 section 3.1.5).  Under
+        # IMAP4rev2 every SEARCH is answered with ESEARCH (RFC 9051 section 6.4.4).
         args = command.arguments
         assert isinstance(args, Search)
-        if args.return_options is not None:
-            raise _bad(TEXT_NOT_SUPPORTED)
         if args.charset not in (None, "UTF-8", "US-ASCII"):
             raise _No("Unsupported charset", r.code_badcharset(["UTF-8", "US-ASCII"]))
+        options = args.return_options
+        if options is not None:
+            options = tuple(o.upper() for o in options) or ("ALL",)  # RFC 4731 section 3.1
+            unknown = set(options) - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+            if unknown:
+                raise _bad(TEXT_NOT_SUPPORTED)
+        elif self.rev2:
+            options = ("ALL",)
+        uses_modseq = _uses_key(args.key, "MODSEQ")
+        if uses_modseq:
+            self.condstore = True
         sel = self.sel
-        matches = []
+        matched: list[tuple[int, int]] = []  # (sequence number, UID)
         largest_uid = sel.uids[-1] if sel.uids else 0
-        for index, u in enumerate(sel.uids):
-            record = sel.records.get(u)
-            if record is None:
-                continue
-            context = _SearchContext(self, record, index + 1, len(sel.uids), largest_uid)
-            if await context.matches(args.key):
-                matches.append(u if command.uid else index + 1)
-        await self.send(r.search_response(matches))
+        try:
+            for index, u in enumerate(sel.uids):
+                record = sel.records.get(u)
+                if record is None:
+                    continue
+                context = _SearchContext(self, record, index + 1, len(sel.uids), largest_uid)
+                if await context.matches(args.key):
+                    matched.append((index + 1, u))
+        except _No:
+            if options is not None and "SAVE" in options:
+                sel.saved = []  # RFC 5182 section 2.1: a failed SAVE search empties $
+            raise
+        numbers = [u if command.uid else seq for seq, u in matched]
+        highest = max((sel.records[u].modseq for _, u in matched), default=None) if uses_modseq else None
+        if options is None:
+            await self.send(r.search_response(numbers, modseq=highest))
+            return "SEARCH completed"
+        if "SAVE" in options:
+            chosen = set(options)
+            if chosen & {"MIN", "MAX"} and not chosen & {"ALL", "COUNT"}:
+                # RFC 5182 section 2.4: SAVE with only MIN/MAX saves just those
+                ends = [matched[0][1]] if matched and "MIN" in chosen else []
+                ends += [matched[-1][1]] if matched and "MAX" in chosen else []
+                sel.saved = sorted(set(ends))
+            else:
+                sel.saved = [u for _, u in matched]
+            if set(options) == {"SAVE"}:  # RFC 5182 section 2.1: no ESEARCH at all
+                return "SEARCH completed"
+        results: list[tuple[str, int | list[int]]] = []
+        if numbers:
+            for option in ("MIN", "MAX", "ALL"):
+                if option in options:
+                    value = {"MIN": numbers[0], "MAX": numbers[-1], "ALL": numbers}[option]
+                    results.append((option, value))
+        if "COUNT" in options:
+            results.append(("COUNT", len(numbers)))
+        if highest is not None:
+            results.append(("MODSEQ", highest))
+        await self.send(r.esearch_response(command.tag, results, uid=command.uid))
         return "SEARCH completed"
 
     # -- untagged updates -------------------------------------------------------------------
@@ -880,8 +1110,10 @@ class ImapSession:
             record = sel.records.get(u)
             if record is not None and sel.flags.get(u) != record.flags:
                 sel.flags[u] = record.flags
-                out.append(r.fetch_response(position + 1, [
-                    ("UID", r.encode_number(u)), ("FLAGS", r.encode_flag_list(sorted(record.flags)))]))
+                items = [("UID", r.encode_number(u)), ("FLAGS", r.encode_flag_list(sorted(record.flags)))]
+                if self.condstore:  # RFC 7162 section 3.1.4.1
+                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
+                out.append(r.fetch_response(position + 1, items))
         sel.highestmodseq, sel.uidnext = box.highestmodseq, box.uidnext
         if out:
             await self.send(b"".join(out))
@@ -907,7 +1139,9 @@ class _SearchContext:
         self.sequence = sequence
         self.count = count
         self.largest_uid = largest_uid
+        self.saved = set(session.sel.saved)
         self._header: bytes | None = None
+        self._message: bytes | None = None
 
     async def header_values(self, name: str) -> list[str]:
         if self._header is None:
@@ -943,18 +1177,21 @@ class _SearchContext:
             return (flag in flags) == present
         if name in ("KEYWORD", "UNKEYWORD"):
             return (str(args[0]).lower() in flags) == (name == "KEYWORD")
-        if name == "SEQUENCE":
+        if name in ("SEQUENCE", "UID"):
             sequence_set = args[0]
             assert isinstance(sequence_set, SequenceSet)
-            if sequence_set.saved_result:
-                raise _bad(TEXT_NOT_SUPPORTED)
-            return sequence_set.contains(self.sequence, self.count)
-        if name == "UID":
-            sequence_set = args[0]
-            assert isinstance(sequence_set, SequenceSet)
-            if sequence_set.saved_result:
-                raise _bad(TEXT_NOT_SUPPORTED)
+            if sequence_set.saved_result:  # RFC 5182: `$` is a set of messages
+                return record.uid in self.saved
+            if name == "SEQUENCE":
+                return sequence_set.contains(self.sequence, self.count)
             return sequence_set.contains(record.uid, self.largest_uid)
+        if name == "MODSEQ":  # RFC 7162 section 3.1.5; entry names are not kept apart
+            return record.modseq >= int(args[0])  # type: ignore[arg-type]
+        if name in ("OLDER", "YOUNGER"):  # RFC 5032 WITHIN, in seconds
+            age = (_dt.datetime.now(_dt.timezone.utc) - record.internal_date).total_seconds()
+            return age >= int(args[0]) if name == "OLDER" else age <= int(args[0])  # type: ignore[arg-type]
+        if name in ("BODY", "TEXT"):
+            return await self._text_contains(str(args[0]), headers=name == "TEXT")
         if name == "LARGER":
             return record.size > int(args[0])  # type: ignore[arg-type]
         if name == "SMALLER":
@@ -973,7 +1210,19 @@ class _SearchContext:
             return await self._header_contains(name, str(args[0]))
         if name == "HEADER":
             return await self._header_contains(str(args[0]), str(args[1]))
-        raise _bad(TEXT_NOT_SUPPORTED)  # BODY, TEXT, MODSEQ, OLDER, YOUNGER
+        raise _bad(TEXT_NOT_SUPPORTED)
+
+    async def _text_contains(self, needle: str, *, headers: bool) -> bool:
+        """BODY / TEXT: a case-insensitive substring of the decoded text parts (and the
+        header blocks for TEXT), as RFC 3501 section 6.4.4 allows servers to refine."""
+        if not needle:
+            return True
+        if self._message is None:
+            self._message = await self.session.store.blobs.get(self.record.blob_key)
+        structure = await self.session._structure(self.record)
+        folded = needle.casefold()
+        return any(folded in _unfold(text).casefold()
+                   for text in iter_text(self._message, structure, headers=headers))
 
     async def _header_contains(self, field_name: str, needle: str) -> bool:
         values = await self.header_values(field_name)
@@ -981,6 +1230,18 @@ class _SearchContext:
             return bool(values)
         needle = needle.casefold()
         return any(needle in v.casefold() for v in values)
+
+
+def _unfold(text: str) -> str:
+    """Line breaks as single spaces, so a phrase wrapped across lines still matches."""
+    return re.sub(r"\s*\r?\n\s*", " ", text)
+
+
+def _uses_key(key: SearchKey, name: str) -> bool:
+    """Whether the search tree contains key `name`."""
+    if key.name == name:
+        return True
+    return any(isinstance(child, SearchKey) and _uses_key(child, name) for child in key.args)
 
 
 _FLAG_KEYS = {
@@ -1016,5 +1277,6 @@ ImapSession.HANDLERS.update({
     "UNSELECT": ImapSession.cmd_unselect, "EXPUNGE": ImapSession.cmd_expunge,
     "FETCH": ImapSession.cmd_fetch, "STORE": ImapSession.cmd_store,
     "COPY": ImapSession.cmd_copy, "MOVE": ImapSession.cmd_move,
-    "SEARCH": ImapSession.cmd_search,
+    "SEARCH": ImapSession.cmd_search, "GETQUOTA": ImapSession.cmd_getquota,
+    "GETQUOTAROOT": ImapSession.cmd_getquotaroot,
 })

@@ -28,15 +28,20 @@ from __future__ import annotations
 import re
 from urllib.parse import quote_from_bytes
 
-from pymail.mail.mime import Address, BodyPart, Envelope, MessageStructure
+from pymail.mail.mime import (
+    Address, BodyPart, Envelope, MessageStructure, UnknownTransferEncoding,
+    decode_transfer_encoding,
+)
 from pymail.proto.imap.responses import (
     encode_literal, encode_nstring, encode_number, encode_string, fetch_item_name,
+    section_spec_text,
 )
 from pymail.proto.imap.types import FetchAttribute, Section
 
 __all__ = [
     "encode_envelope", "encode_address_list", "encode_body_structure", "section_bytes",
-    "filter_header_fields", "apply_partial", "fetch_body_item",
+    "filter_header_fields", "apply_partial", "fetch_body_item", "binary_section",
+    "fetch_binary_item", "encode_literal8",
 ]
 
 
@@ -279,3 +284,44 @@ def fetch_body_item(
             return item, b"NIL"
         return item, encode_literal(apply_partial(data, attribute.partial))
     raise ValueError(f"{name} is not answered from the message structure")
+
+
+def binary_section(raw: bytes, structure: MessageStructure, section: Section) -> bytes | None:
+    """``BINARY[part]`` (RFC 3516 section 4.2): the part's body with its
+    Content-Transfer-Encoding removed; ``BINARY[]`` is the whole message as stored.  None
+    when the section names no part; `UnknownTransferEncoding` (a ValueError) for an
+    encoding that cannot be decoded -- the session answers ``NO [UNKNOWN-CTE]``."""
+    if not section.part:
+        return raw[structure.body.header_start : structure.body.end]
+    part = structure.find_part(section.part)
+    if part is None:
+        return None
+    body = raw[part.body_start : part.end]
+    if part.parts or part.message is not None:
+        return body  # composite types are 7bit/8bit/binary (RFC 2045 section 6.4)
+    try:
+        return decode_transfer_encoding(body, part.encoding)
+    except ValueError as error:  # binascii.Error included
+        raise UnknownTransferEncoding(part.encoding) from error
+
+
+def encode_literal8(data: bytes) -> bytes:
+    """A ``literal8`` (``~{n}``, RFC 3516 section 4.2) when the octets include NUL,
+    which a plain literal must not carry; a normal literal otherwise."""
+    if b"\x00" in data:
+        return b"~{" + str(len(data)).encode("ascii") + b"}\r\n" + data
+    return encode_literal(data)
+
+
+def fetch_binary_item(attribute: FetchAttribute, raw: bytes, structure: MessageStructure) -> tuple[str, bytes]:
+    """(item name, encoded value) for ``BINARY[...]``, ``BINARY.PEEK[...]`` (answered as
+    ``BINARY[...]``, with ``<origin>`` for a partial) and ``BINARY.SIZE[...]``."""
+    assert attribute.section is not None
+    data = binary_section(raw, structure, attribute.section)
+    if attribute.name == "BINARY.SIZE":
+        name = f"BINARY.SIZE[{section_spec_text(attribute.section)}]"
+        return name, b"NIL" if data is None else encode_number(len(data))
+    item = fetch_item_name(attribute)
+    if data is None:
+        return item, b"NIL"
+    return item, encode_literal8(apply_partial(data, attribute.partial))

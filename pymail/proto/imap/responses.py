@@ -368,6 +368,7 @@ LIMIT = ResponseCode("LIMIT")
 OVERQUOTA = ResponseCode("OVERQUOTA")
 ALREADYEXISTS = ResponseCode("ALREADYEXISTS")
 NONEXISTENT = ResponseCode("NONEXISTENT")
+UNKNOWN_CTE = ResponseCode("UNKNOWN-CTE")  # RFC 3516 section 4.3
 
 
 def code_uidnext(uid_next: int) -> ResponseCode:
