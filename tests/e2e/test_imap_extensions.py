@@ -227,6 +227,9 @@ def test_list_status_and_recursivematch(server: PymailServer) -> None:
     lines = ok(transact(client, 'LIST (SUBSCRIBED) "" "Projects*"'))
     assert lines == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "Projects/alpha"']
     assert tagged(transact(client, 'LIST (RECURSIVEMATCH) "" "*"')).startswith(b"BAD")
+    # LSUB: the unsubscribed parent of a subscribed child matches "%" as \Noselect
+    assert ok(transact(client, 'LSUB "" "Projects%"')) == [b'* LSUB (\\Noselect) "/" "Projects"']
+    assert ok(transact(client, 'LSUB "" "Projects*"')) == [b'* LSUB (\\HasNoChildren) "/" "Projects/alpha"']
     client.logout()
 
 

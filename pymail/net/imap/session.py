@@ -630,9 +630,18 @@ class ImapSession:
         args = command.arguments
         assert isinstance(args, Lsub)
         regex = _pattern_regex(self._canonical(args.reference, args.pattern))
+        listing = await self._listing()
+        subscribed = [name for name, box, _ in listing if box is not None and box.subscribed]
         out = []
-        for name, box, children in await self._listing():
-            if box is None or not box.subscribed or not _name_matches(regex, name):
+        for name, box, children in listing:
+            if not _name_matches(regex, name):
+                continue
+            if box is None or not box.subscribed:
+                # RFC 3501 section 6.3.9: a "%" match that is not subscribed itself but
+                # has subscribed children is returned with \Noselect.
+                if "%" in args.pattern and any(s.startswith(name + DELIMITER) for s in subscribed):
+                    out.append(r.list_response(["\\Noselect"], DELIMITER, name, command="LSUB",
+                                               utf8=self.rev2))
                 continue
             attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
             if box.special_use:
