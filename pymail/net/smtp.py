@@ -33,8 +33,9 @@ import datetime as _dt
 import logging
 import re
 import secrets
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
@@ -179,6 +180,16 @@ class PymailEnvelope(Envelope):
         self.recipients: list[str] = []  #: canonical accepted RCPT addresses
 
 
+class _ImplicitTls:
+    """Stands in for aiosmtpd's STARTTLS protocol object on implicit-TLS listeners."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_IMPLICIT_TLS = _ImplicitTls()
+
+
 class PymailSMTP(SMTP):
     """aiosmtpd's protocol with pymail's DATA reader, replies and address parser."""
 
@@ -187,10 +198,31 @@ class PymailSMTP(SMTP):
     #: section 4.5.3.1.4), checked after reading.
     line_length_limit = 64 * 1024
 
-    def __init__(self, handler: Any, *, connections: set["PymailSMTP"], **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, connections: set["PymailSMTP"],
+                 gate: Callable[[str], Awaitable[str | None]] | None = None,
+                 implicit_tls: bool = False, **kwargs: Any) -> None:
+        """`gate(client_ip)` runs before the greeting: a reply (e.g. ``421 4.7.0`` for a
+        banned address) refuses the connection with it.  `implicit_tls`: the listener
+        wraps every connection in TLS before SMTP starts (RFC 8314, port 465)."""
+        self._implicit_tls = implicit_tls
+        self._starttls_protocol: Any = None
         super().__init__(handler, **kwargs)
         self._connections = connections
+        self._gate = gate
         self._plain_replies = False  # while answering EHLO/HELO (no enhanced codes)
+
+    # aiosmtpd knows TLS only as STARTTLS: it asks ``self._tls_protocol`` whether the
+    # session is encrypted (to offer AUTH, to accept it, to skip "530 Must issue a
+    # STARTTLS command first").  On an implicit-TLS listener the answer is always yes.
+    @property
+    def _tls_protocol(self) -> Any:
+        if self._starttls_protocol is None and self._implicit_tls:
+            return _IMPLICIT_TLS
+        return self._starttls_protocol
+
+    @_tls_protocol.setter
+    def _tls_protocol(self, value: Any) -> None:
+        self._starttls_protocol = value
 
     def _create_envelope(self) -> PymailEnvelope:
         return PymailEnvelope()
@@ -198,6 +230,23 @@ class PymailSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._connections.add(self)
         super().connection_made(transport)
+        if self._implicit_tls and self.session is not None and self.session.ssl is None:
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+
+    async def _handle_client(self) -> None:
+        if self._gate is not None:
+            try:
+                refusal = await self._gate(self._peer_ip())
+            except Exception:  # noqa: BLE001 - the gate must never crash a session
+                log.exception("connection gate failed; letting the client in")
+                refusal = None
+            if refusal:
+                log.info("connection refused rip=%s reply=\"%s\"", self._peer_ip(), refusal)
+                if self.transport is not None:
+                    self.transport.write(refusal.encode("ascii") + b"\r\n")
+                    self.transport.close()
+                return
+        await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         self._connections.discard(self)
@@ -496,7 +545,14 @@ class MxHandler:
 
 
 class SmtpService:
-    """One SMTP service (e.g. the MX) on its listening addresses, and its connections."""
+    """One SMTP service (the MX, submission or submissions) on its listening addresses,
+    and its connections.
+
+    `tls_context` offers STARTTLS (RFC 3207), or with `implicit_tls` wraps every
+    connection in TLS before the greeting (RFC 8314, port 465); `require_starttls`
+    refuses mail commands before STARTTLS.  `gate(client_ip)` may refuse a connection
+    before the greeting (bans, connection limits).  `protocol_class` and
+    `protocol_options` choose the protocol (`PymailSMTP`, or the submission one)."""
 
     def __init__(
         self,
@@ -508,6 +564,12 @@ class SmtpService:
         message_size: int,
         timeout: float,
         reuse_port: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        require_starttls: bool = False,
+        gate: Callable[[str], Awaitable[str | None]] | None = None,
+        protocol_class: type[PymailSMTP] | None = None,
+        protocol_options: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.addresses = addresses
@@ -516,13 +578,23 @@ class SmtpService:
         self.message_size = message_size
         self.timeout = timeout
         self.reuse_port = reuse_port
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.require_starttls = require_starttls
+        self.gate = gate
+        self.protocol_class = protocol_class or PymailSMTP
+        self.protocol_options = protocol_options or {}
         self.connections: set[PymailSMTP] = set()
         self.servers: list[asyncio.base_events.Server] = []
 
     def _protocol(self) -> PymailSMTP:
-        return PymailSMTP(
+        return self.protocol_class(
             self.handler,
             connections=self.connections,
+            gate=self.gate,
+            implicit_tls=self.implicit_tls,
+            tls_context=None if self.implicit_tls else self.tls_context,
+            require_starttls=self.require_starttls and not self.implicit_tls,
             hostname=self.hostname,
             ident="ESMTP pymail",
             data_size_limit=self.message_size,
@@ -530,15 +602,18 @@ class SmtpService:
             decode_data=False,
             timeout=self.timeout,
             loop=asyncio.get_running_loop(),
+            **self.protocol_options,
         )
 
     async def start(self) -> list[str]:
         """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
         loop = asyncio.get_running_loop()
         bound = []
+        tls = self.tls_context if self.implicit_tls else None
         for host, port in self.addresses:
             server = await loop.create_server(
-                self._protocol, host, port, reuse_port=self.reuse_port or None, backlog=1024
+                self._protocol, host, port, reuse_port=self.reuse_port or None, backlog=1024,
+                ssl=tls, ssl_handshake_timeout=30 if tls else None,
             )
             self.servers.append(server)
             bound += bound_addresses(server.sockets)
