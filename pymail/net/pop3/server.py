@@ -1,0 +1,212 @@
+"""The POP3 listener: TLS, and the per-connection loop that feeds client bytes to the
+sans-IO `CommandReader` and its commands to a `Pop3Session`.
+
+* ``pop3s`` (RFC 8314 implicit TLS, port 995) wraps every connection in TLS 1.2+ before
+  the greeting; ``pop3`` (port 110) starts in plaintext, offers STLS and refuses every
+  password until TLS is up (RFC 2595 section 4, RFC 8314).
+* STLS (RFC 2595 section 4) discards whatever the client sent behind the STLS line
+  (command injection, CVE-2011-0411; RFC 2595 section 3.1 for IMAP says the same) and
+  replaces the reader, so plaintext pipelined behind STLS is never read as a command;
+  the session goes on over TLS in the AUTHORIZATION state.
+* Reader errors are answered with the ``-ERR`` they carry and the session goes on.
+  Nothing else reaches the client: an unexpected exception is logged and the
+  connection closed.
+* A client silent for `AUTOLOGOUT_SECONDS` (RFC 1939 section 3: at least 10 minutes)
+  or `PREAUTH_TIMEOUT_SECONDS` before login gets ``-ERR`` and is disconnected without
+  entering the UPDATE state: nothing is removed.
+* `stop` stops accepting, waits (bounded) for commands in progress (a QUIT removing
+  messages finishes), then says ``-ERR`` to every connection and closes it; their
+  marked messages stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from pymail.auth.service import Authenticator
+from pymail.net.listen import bound_addresses
+from pymail.net.pop3.session import Logout, MaildropLocks, Pop3Session
+from pymail.proto.pop3 import responses as r
+from pymail.proto.pop3.errors import CommandError
+from pymail.proto.pop3.reader import CONNECTION_CLOSED, NEED_DATA, Command, CommandReader
+from pymail.proto.pop3.states import Pop3State
+from pymail.store import Store
+
+log = logging.getLogger("pymail.pop3")
+
+AUTOLOGOUT_SECONDS = 10 * 60
+PREAUTH_TIMEOUT_SECONDS = 60
+READ_SIZE = 64 * 1024
+
+
+class Pop3Connection:
+    """One client connection: the stream pair, the command reader, the session.
+
+    Fields: ``tls`` whether the stream is encrypted now; ``busy`` while a command runs
+    (shutdown waits for it); ``task`` the task serving the connection."""
+
+    def __init__(self, service: Pop3Service, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, tls: bool) -> None:
+        self.service = service
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+        peer = writer.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else "unknown"
+        self.commands = CommandReader()
+        self.session = Pop3Session(service.store, service.authenticator, self, service.locks,
+                                   starttls_available=not service.implicit_tls)
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- the Channel the session uses ---------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def expect_sasl_response(self) -> None:
+        self.commands.expect_sasl_response()
+
+    async def next_event(self) -> object:
+        """The next reader event; raises TimeoutError when the client stays silent."""
+        while True:
+            event = self.commands.next_event()
+            if event is not NEED_DATA:
+                return event
+            limit = (PREAUTH_TIMEOUT_SECONDS if self.session.state is Pop3State.AUTHORIZATION
+                     else AUTOLOGOUT_SECONDS)
+            busy, self.busy = self.busy, False  # waiting on the client (SASL) is idle
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), limit)
+            finally:
+                self.busy = busy
+            self.commands.receive_data(data)
+
+    async def start_tls(self) -> None:
+        """Discard the plaintext behind STLS (in the reader and in the stream's buffer,
+        which the TLS transport would otherwise hand on as if it had come encrypted),
+        then handshake."""
+        stream_buffer = getattr(self.reader, "_buffer", None)
+        pending = self.commands.buffered + (len(stream_buffer) if stream_buffer is not None else 0)
+        # No await between this and the transport pausing its reads inside start_tls,
+        # so no plaintext can slip in between.
+        if pending:
+            log.warning("pop3: discarded %d octets pipelined behind STLS from rip=%s",
+                        pending, self.client_ip)
+            if stream_buffer is not None:
+                stream_buffer.clear()
+        self.commands = CommandReader()
+        await self.writer.start_tls(self.service.ssl_context)
+        self.tls = True
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            if await self.service.authenticator.is_banned(self.client_ip):
+                log.info("pop3 connection refused rip=%s reason=banned", self.client_ip)
+                await self.send(b"-ERR [AUTH] Your address is temporarily blocked\r\n")
+                return
+            await self.send(self.session.greeting())
+            while True:
+                try:
+                    event = await self.next_event()
+                except CommandError as error:
+                    await self.send(error.reply)
+                    continue
+                if event is CONNECTION_CLOSED:
+                    return
+                if isinstance(event, Command):
+                    self.busy = True
+                    try:
+                        await self.session.run_command(event)
+                    finally:
+                        self.busy = False
+                # a SaslResponse outside a SASL exchange cannot happen: the reader
+                # returns one only after expect_sasl_response()
+        except asyncio.TimeoutError:
+            with contextlib.suppress(Exception):
+                await self.send(r.err("Disconnected for inactivity"))
+        except Logout:
+            pass
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pop3 connection from %s failed", self.client_ip)
+        finally:
+            self.session.close()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+    async def shutdown(self) -> None:
+        """Say -ERR and close (server shutdown); marked messages are not removed."""
+        with contextlib.suppress(Exception):
+            self.writer.write(r.err("Server shutting down", r.CODE_SYS_TEMP))
+        if self.task is not None:
+            self.task.cancel()
+        self.session.close()
+        self.writer.close()
+
+
+class Pop3Service:
+    """One POP3 service (``pop3`` or ``pop3s``) on its addresses, and its connections.
+    The same shape as `pymail.net.imap.ImapService`: start / stop / connections.
+    ``locks`` is shared with the other POP3 service of the same worker."""
+
+    def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
+                 authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
+                 implicit_tls: bool, locks: MaildropLocks | None = None,
+                 reuse_port: bool = False) -> None:
+        self.name = name
+        self.addresses = addresses
+        self.store = store
+        self.authenticator = authenticator
+        self.ssl_context = ssl_context
+        self.implicit_tls = implicit_tls
+        self.locks = locks if locks is not None else MaildropLocks()
+        self.reuse_port = reuse_port
+        self.connections: set[Pop3Connection] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = Pop3Connection(self, reader, writer, tls=self.implicit_tls)
+        connection.task = asyncio.current_task()
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+
+    async def start(self) -> list[str]:
+        """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
+        bound = []
+        for host, port in self.addresses:
+            server = await asyncio.start_server(
+                self._handle, host, port, ssl=self.ssl_context if self.implicit_tls else None,
+                ssl_handshake_timeout=30 if self.implicit_tls else None,
+                reuse_port=self.reuse_port or None, backlog=1024, limit=READ_SIZE,
+            )
+            self.servers.append(server)
+            bound += bound_addresses(server.sockets)
+        return bound
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let commands in progress finish (up to `grace` s), close."""
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.busy for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            await connection.shutdown()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
