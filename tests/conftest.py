@@ -20,6 +20,7 @@ from tests.pymail_harness import PymailServer
 if TYPE_CHECKING:
     from tests.services.postgres import PostgresService
     from tests.services.s3 import MotoS3Service
+    from tests.services.slapd import SlapdService
 
 BACKEND_PAIRS = ("sqlite+file", "postgres+s3")
 
@@ -40,6 +41,19 @@ def s3_service() -> Iterator["MotoS3Service"]:
     from tests.services.s3 import start_moto_service
 
     service = start_moto_service(auth=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd_service() -> Iterator["SlapdService"]:
+    """A throw-away OpenLDAP server on loopback (tests/services/slapd.py), for the
+    session.  A test that stops or pauses it starts or resumes it before it ends."""
+    from tests.services.slapd import start_slapd_service
+
+    service = start_slapd_service()
     try:
         yield service
     finally:

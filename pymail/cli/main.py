@@ -179,7 +179,17 @@ def cmd_user(config: Config, args: argparse.Namespace) -> int:
             domain = await directory.get_domain(address.rpartition("@")[2])
             if domain is None:
                 raise UserError(f"domain {address.rpartition('@')[2]} does not exist: add it first with '{PROG} domain add'")
-            password_hash = _hash(_read_password(args))
+            if domain.auth_type == "ldap":
+                # The password lives in LDAP (pymail.auth.service): the row only owns the
+                # mailboxes, with a value no password matches.
+                from pymail.auth.service import LDAP_PASSWORD
+
+                if args.password_stdin:
+                    raise UserError(f"domain {domain.name} authenticates through LDAP: pymail stores "
+                                    "no password for its users (leave out --password-stdin)")
+                password_hash = LDAP_PASSWORD
+            else:
+                password_hash = _hash(_read_password(args))
             user = await directory.add_user(address, password_hash, quota=quota)
             await store.index.ensure_default_mailboxes(user.id)
             print(f"user {user.address} added")
@@ -187,6 +197,10 @@ def cmd_user(config: Config, args: argparse.Namespace) -> int:
             address = _address(args.address)
             if await directory.get_user(address) is None:
                 raise NotFound(f"user {address} does not exist")
+            domain = await directory.get_domain(address.rpartition("@")[2])
+            if domain is not None and domain.auth_type == "ldap":
+                raise UserError(f"domain {domain.name} authenticates through LDAP: change the "
+                                "password in the LDAP directory")
             await directory.set_password(address, _hash(_read_password(args)))
             print(f"password of {address} changed")
         elif args.action == "list":
@@ -230,6 +244,32 @@ def cmd_alias(config: Config, args: argparse.Namespace) -> int:
             destination = _alias_destination(args.destination) if args.destination else None
             count = await directory.remove_alias(source, destination)
             print(f"removed {count} alias row(s) for {source}")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
+def cmd_ban(config: Config, args: argparse.Namespace) -> int:
+    """`pymail ban list | remove IP`: the bans every worker and node shares (the index)."""
+    from pymail.auth.ban import Jail
+    from pymail.auth.service import ban_policy_from_config
+
+    async def action(store: Store) -> int:
+        if store.bans is None:
+            raise UserError(f"the index {config.index_url} keeps no bans")
+        jail = Jail(store.bans, ban_policy_from_config(config.auth))
+        if args.action == "list":
+            for ban in await jail.list_bans():
+                until = ban.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+                print(f"{ban.ip}\tuntil={until}\tfailures={ban.failures}\treason={ban.reason}")
+        elif args.action == "remove":
+            try:
+                removed = await jail.unban(args.ip)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            if not removed:
+                raise NotFound(f"{args.ip} is not banned")
+            print(f"ban of {args.ip} removed (other processes notice within a few seconds)")
         return 0
 
     return asyncio.run(_with_store(config, action))
@@ -291,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = command("user", "manage users (mailbox owners)", cmd_user)
     u_sub = user.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    u_add = u_sub.add_parser("add", help="add a user; the password is asked for, or read with --password-stdin")
+    u_add = u_sub.add_parser("add", help="add a user; the password is asked for, or read with --password-stdin "
+                            "(none for a domain that authenticates through LDAP)")
     u_add.add_argument("address")
     u_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     u_add.add_argument("--quota", metavar="SIZE", help="mailbox quota, e.g. 2GB (default unlimited)")
@@ -311,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     a_rm = a_sub.add_parser("remove", help="remove an alias (all its destinations, or one)")
     a_rm.add_argument("source")
     a_rm.add_argument("destination", nargs="?")
+    ban = command("ban", "client addresses banned after failed logins ([auth.ban])", cmd_ban)
+    b_sub = ban.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    b_sub.add_parser("list", help="list active bans")
+    b_sub.add_parser("remove", help="lift the ban of an address (and forget its failures)").add_argument("ip")
     store = command("store", "message storage maintenance", cmd_store)
     s_sub = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     s_gc = s_sub.add_parser("gc", help="delete blobs no message refers to (orphans)")

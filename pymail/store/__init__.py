@@ -22,6 +22,8 @@ from pymail.store.interfaces import (
     DEFAULT_MAILBOXES,
     Alias,
     AlreadyExists,
+    Ban,
+    BanStore,
     BlobInfo,
     BlobStore,
     ChangeFeed,
@@ -29,6 +31,7 @@ from pymail.store.interfaces import (
     DeliveryTarget,
     Directory,
     Domain,
+    FailureCounts,
     FlagUpdate,
     Index,
     Mailbox,
@@ -45,6 +48,8 @@ __all__ = [
     "DEFAULT_MAILBOXES",
     "Alias",
     "AlreadyExists",
+    "Ban",
+    "BanStore",
     "BlobInfo",
     "BlobStore",
     "ChangeFeed",
@@ -52,6 +57,7 @@ __all__ = [
     "DeliveryTarget",
     "Directory",
     "Domain",
+    "FailureCounts",
     "FlagUpdate",
     "Index",
     "Mailbox",
@@ -114,6 +120,9 @@ class Store:
     blobs: BlobStore
     #: The database behind `index` and `directory` (for SQLite, the `SqliteDatabase`).
     database: SchemaOwner
+    #: Failed logins and bans in the same database (pymail.auth.ban); None for a backend
+    #: without them.
+    bans: BanStore | None = None
 
     async def migrate(self) -> None:
         """Create or upgrade the schema; a no-op when it is current."""
@@ -178,13 +187,22 @@ def open_store(
             db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {db_path.parent}: {exc}") from exc
+        from pymail.store.sqlite.bans import SqliteBanStore
+
         sqlite_db = SqliteDatabase(db_path)
-        return Store(SqliteDirectory(sqlite_db), SqliteIndex(sqlite_db), blobs, sqlite_db)
+        return Store(
+            SqliteDirectory(sqlite_db), SqliteIndex(sqlite_db), blobs, sqlite_db,
+            SqliteBanStore(sqlite_db),
+        )
     if index_url.startswith(("postgresql://", "postgres://")):
         from pymail.store.postgres import PostgresDatabase, PostgresDirectory, PostgresIndex
 
+        from pymail.store.postgres.bans import PostgresBanStore
+
         pg_db = PostgresDatabase(index_url, postgres or PostgresSettings())
-        return Store(PostgresDirectory(pg_db), PostgresIndex(pg_db), blobs, pg_db)
+        return Store(
+            PostgresDirectory(pg_db), PostgresIndex(pg_db), blobs, pg_db, PostgresBanStore(pg_db)
+        )
     raise ValueError(
         f"unsupported index URL {index_url!r} (expected \"sqlite:///path\" or "
         "\"postgresql://user@host/dbname\")"

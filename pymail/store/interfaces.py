@@ -10,6 +10,10 @@ pymail keeps a message in two places (docs/architecture.md, "The storage model")
 The **directory** is the seed's schema (`domains`, `virtual_users`, `virtual_aliases`):
 who is a local domain, user or alias.
 
+Optional capabilities are Protocols of their own: `ChangeFeed` (committed mailbox changes,
+for IMAP IDLE) and `BanStore` (failed logins and banned client addresses, for
+pymail.auth.ban), both shared by every process and node on the same index.
+
 Invariants every backend keeps (the conformance suite in tests/conformance checks them):
 
 * `BlobStore.put` returns only when the bytes are durable (file fsynced and renamed and the
@@ -433,3 +437,68 @@ class BlobStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- bans
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A client address refused until `until` (pymail.auth.ban decides; the index keeps
+    it so that every worker and node sees it)."""
+
+    ip: str  #: the address as the listener reports it (``str(ipaddress.ip_address)``)
+    until: _dt.datetime  #: timezone-aware, UTC
+    failures: int  #: failed logins that earned the ban
+    reason: str  #: e.g. "authentication"
+    created_at: _dt.datetime  #: timezone-aware, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCounts:
+    """Failed logins inside the counting window, after recording one more."""
+
+    ip: int  #: from this client address (any account)
+    account: int  #: for this account (any client address)
+
+
+@runtime_checkable
+class BanStore(Protocol):
+    """Optional index capability: failed logins and bans shared by every process and node
+    using the index.  Times are passed in by the caller (timezone-aware), so the policy
+    and its tests own the clock; the store only keeps and counts rows.
+
+    Invariants: `record_failure` inserts and counts in one transaction; `ban` keeps the
+    later `until` when the address is banned already (two processes banning at once end
+    with one row); a ban no longer active (``until <= now``) is never reported."""
+
+    async def record_failure(
+        self, ip: str, account: str, at: _dt.datetime, since: _dt.datetime
+    ) -> FailureCounts:
+        """Record one failed login at `at`; count those at or after `since`."""
+        ...
+
+    async def ban(
+        self, ip: str, until: _dt.datetime, *, failures: int, reason: str, now: _dt.datetime
+    ) -> Ban:
+        """Ban `ip` until `until` (or keep a later existing end) and forget its recorded
+        failures (the ban used them up); the ban as stored."""
+        ...
+
+    async def get_ban(self, ip: str, now: _dt.datetime) -> Ban | None:
+        """The ban of `ip` if it is active at `now`."""
+        ...
+
+    async def list_bans(self, now: _dt.datetime) -> list[Ban]:
+        """Every ban active at `now`, by address."""
+        ...
+
+    async def remove_ban(self, ip: str) -> bool:
+        """Lift the ban of `ip` (active or not) and forget its failures; False if there
+        was no ban row."""
+        ...
+
+    async def prune(self, failures_before: _dt.datetime, now: _dt.datetime) -> list[Ban]:
+        """Delete failures older than `failures_before` and bans that ended by `now`;
+        returns the bans deleted (each to exactly one caller, for its "unban" log)."""
+        ...

@@ -10,7 +10,7 @@ import pytest
 
 from pymail.auth import service as auth_service
 from pymail.auth.passwords import hash_password
-from pymail.auth.service import Authenticator
+from pymail.auth.service import AuthUnavailable, Authenticator, authzid_allowed
 from pymail.store import open_store
 
 PASSWORD = "correct horse"
@@ -57,7 +57,6 @@ def test_good_password(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
         ("no-at-sign", PASSWORD, "unknown_user"),
         ("gone@example.test", PASSWORD, "user_disabled"),
         ("bob@off.test", PASSWORD, "domain_disabled"),
-        ("carol@ldap.test", PASSWORD, "ldap_not_supported"),
         ("evil\r\nrip=10.0.0.1@example.test", PASSWORD, "unknown_user"),
     ],
 )
@@ -80,4 +79,44 @@ def test_every_failure_is_the_same_answer_after_one_hash(
     assert line.startswith("authentication failed: service=imap rip=198.51.100.9 user=<")
     assert line.endswith(f"reason={reason}")
     assert "\n" not in line and "\r" not in line
+    assert PASSWORD not in caplog.text
+
+
+def test_sasl_authzid_other_than_the_user_fails_after_one_hash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashes: list[str] = []
+    real_dummy = auth_service.dummy_verify
+    monkeypatch.setattr(auth_service, "dummy_verify", lambda p: hashes.append("dummy") or real_dummy(p))
+
+    async def scenario(auth: Authenticator) -> None:
+        assert await auth.authenticate("alice@example.test", PASSWORD, client_ip="192.0.2.7",
+                                       service="smtp", authzid="bob@example.test") is None
+        same = await auth.authenticate("alice@example.test", PASSWORD, client_ip="192.0.2.7",
+                                       service="smtp", authzid="ALICE@example.test")
+        assert same is not None and same.address == "alice@example.test"
+
+    with caplog.at_level(logging.INFO, "pymail.auth"):
+        run(tmp_path, scenario)
+    assert hashes == ["dummy"]
+    assert "rip=192.0.2.7 user=<alice@example.test> reason=authzid_mismatch" in caplog.text
+    assert authzid_allowed(None, "a@b") and authzid_allowed("", "a@b")
+    assert authzid_allowed(" A@B ", "a@b") and not authzid_allowed("c@b", "a@b")
+
+
+def test_ldap_domain_without_ldap_config_is_a_temporary_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(auth: Authenticator) -> None:
+        with pytest.raises(AuthUnavailable):
+            await auth.authenticate("carol@ldap.test", PASSWORD, client_ip="192.0.2.8", service="imap")
+        # an empty password never gets as far as LDAP: a plain failure
+        assert await auth.authenticate("carol@ldap.test", "", client_ip="192.0.2.8", service="imap") is None
+
+    with caplog.at_level(logging.INFO, "pymail.auth"):
+        run(tmp_path, scenario)
+    assert "authentication unavailable: service=imap rip=192.0.2.8 user=<carol@ldap.test>" in caplog.text
+    assert "[auth.ldap] url is not set" in caplog.text
+    failed = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert failed == ["authentication failed: service=imap rip=192.0.2.8 user=<carol@ldap.test> reason=empty_password"]
     assert PASSWORD not in caplog.text

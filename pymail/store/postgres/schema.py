@@ -7,6 +7,8 @@ Tables (the same as the SQLite backend's, in PostgreSQL types):
 * pymail's index: `sequences` (named counters; ``uidvalidity`` lives there), `mailboxes`,
   `message_blobs` (one row per blob: size and the JSON structure computed at delivery),
   `messages` (one row per message in a mailbox);
+* `auth_failures` and `auth_bans`: failed logins and banned client addresses
+  (`PostgresBanStore`), shared by every node;
 * `pymail_schema_migrations (version, applied_at)`: which steps below have been applied.
 
 Invariants:
@@ -194,9 +196,36 @@ _INDEX = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 3
+
+#: Failed logins and bans (`PostgresBanStore`, pymail.auth.ban), shared by every node.
+_BANS = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS auth_failures (
+        id BIGSERIAL PRIMARY KEY,
+        ip TEXT NOT NULL,
+        account TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS auth_failures_ip ON auth_failures (ip, at)",
+    "CREATE INDEX IF NOT EXISTS auth_failures_account ON auth_failures (account, at)",
+    "CREATE INDEX IF NOT EXISTS auth_failures_at ON auth_failures (at)",
+    """
+    CREATE TABLE IF NOT EXISTS auth_bans (
+        ip TEXT PRIMARY KEY,
+        until TIMESTAMPTZ NOT NULL,
+        failures INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS auth_bans_until ON auth_bans (until)",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
+    Migration(3, "auth: failed logins and bans", _BANS),
 )
 
 _MIGRATIONS_TABLE = """

@@ -10,6 +10,8 @@ Tables:
   structure computed at delivery), `messages` (one row per message in a mailbox),
   `sequences` (named counters: ``uidvalidity``, and ``changes`` for the change feed,
   mirrored per mailbox in `mailboxes.change_seq`);
+* `auth_failures` and `auth_bans`: failed logins and banned client addresses
+  (`SqliteBanStore`), so every process on the file shares them;
 * `schema_migrations`: which steps below have been applied.
 
 Invariants:
@@ -187,10 +189,38 @@ _CHANGES = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 4
+
+#: Failed logins and bans (`SqliteBanStore`, pymail.auth.ban), shared by every process on
+#: the file.  Times are integer microseconds since the Unix epoch, UTC.
+_BANS = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS auth_failures (
+        id INTEGER PRIMARY KEY,
+        ip TEXT NOT NULL,
+        account TEXT NOT NULL,
+        at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS auth_failures_ip ON auth_failures (ip, at)",
+    "CREATE INDEX IF NOT EXISTS auth_failures_account ON auth_failures (account, at)",
+    "CREATE INDEX IF NOT EXISTS auth_failures_at ON auth_failures (at)",
+    """
+    CREATE TABLE IF NOT EXISTS auth_bans (
+        ip TEXT PRIMARY KEY,
+        until INTEGER NOT NULL,
+        failures INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS auth_bans_until ON auth_bans (until)",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "index: mailbox change counter for the change feed", _CHANGES),
+    Migration(4, "auth: failed logins and bans", _BANS),
 )
 
 
