@@ -68,6 +68,7 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BENCH_DOMAIN = "bench.example"
 DEFAULT_FROM = f"loadgen@{BENCH_DOMAIN}"
 DEFAULT_PER_CONNECTION = 100
+BENCH_PASSWORD = "bench-password"  #: of every user the benchmarks make
 
 
 class BenchError(Exception):
@@ -576,12 +577,16 @@ def free_port() -> int:
 class PymailProcess:
     """`python -m pymail serve --config ...` on a free loopback port, data in `workdir`."""
 
-    def __init__(self, workdir: Path, workers: int, storage_config: str = "") -> None:
+    def __init__(self, workdir: Path, workers: int, storage_config: str = "", *,
+                 imaps: bool = False) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.workers = workers
         self.host = "127.0.0.1"
         self.port = free_port()
+        #: IMAPS (implicit TLS, the embedded default's certificate) when asked for
+        #: (benchmarks/imap.py); off for the delivery benchmark.
+        self.imaps_port = free_port() if imaps else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
         self.config_path.write_text(
@@ -596,7 +601,7 @@ smtp = ["{self.host}:{self.port}"]
 submission = []
 submissions = []
 imap = []
-imaps = []
+imaps = [{f'"{self.host}:{self.imaps_port}"' if imaps else ""}]
 pop3 = []
 pop3s = []
 http = []
@@ -613,6 +618,11 @@ http = []
         env.pop("PYMAIL_CONFIG", None)
         env.pop("PYMAIL_DATA", None)
         return env
+
+    @property
+    def ca_file(self) -> Path:
+        """The embedded default's private CA, which signs the IMAPS certificate."""
+        return self.data_dir / "tls" / "ca.pem"
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path.exists():
@@ -661,7 +671,7 @@ http = []
         if domain not in self.cli("domain", "list").split():
             self.cli("domain", "add", domain)
         if address.lower() not in self.cli("user", "list", domain).lower().split():
-            self.cli("user", "add", address, "--password-stdin", input="bench-password\n")
+            self.cli("user", "add", address, "--password-stdin", input=BENCH_PASSWORD + "\n")
 
     def open_store(self) -> Any:
         """The server's storage, opened through the same config."""
