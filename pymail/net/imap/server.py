@@ -110,6 +110,11 @@ class ImapConnection:
 
     async def serve(self) -> None:
         try:
+            if await self.service.authenticator.is_banned(self.client_ip):
+                # RFC 3501 section 7.1.5: BYE as the greeting refuses the connection
+                log.info("imap connection refused rip=%s reason=banned", self.client_ip)
+                await self.send(r.untagged_status(r.STATUS_BYE, "Your address is temporarily blocked"))
+                return
             await self.send(self.session.greeting())
             while True:
                 try:

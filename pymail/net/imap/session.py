@@ -19,9 +19,13 @@ Invariants:
   messages, EXPUNGE for removed ones), in `_report_changes`, which runs before each
   tagged OK in the selected state and during IDLE.  While FETCH, STORE or SEARCH (not
   UID) run, EXPUNGEs are held back (RFC 3501 section 7.4.1): a removed message stays in
-  the list as a ghost (``records`` lacks it) until the next report that may send them.
-* IDLE polls the selected mailbox (one cheap ``get_mailbox_by_id`` per
-  `IDLE_POLL_SECONDS`), which sees changes from every process and node sharing the index.
+  the list as a ghost (in ``gone``) until the next report that may send them.
+* Per message the session keeps only its UID and the flags last reported (flag sets
+  are shared between messages), so an idle session on a large mailbox stays small; the
+  rows a command needs (size, date, blob, MODSEQ) are read from the index per command.
+  A message that vanished from the index meanwhile is treated as a ghost.
+* IDLE waits on the `MailboxWatcher`, woken by the index's change feed from every
+  process and node sharing the index.
 * \\Recent is not kept: RECENT is always 0 and the RECENT search key matches nothing, as
   RFC 9051 allows.  Client-facing texts are generic; details go to the log.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import datetime as _dt
 import email.header
@@ -47,7 +52,7 @@ from pymail.net.imap.watch import MailboxWatcher
 from pymail.proto.imap import bodystructure
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand
-from pymail.proto.imap.parser import CONNECTION_CLOSED, ContinuationLine, IdleDone
+from pymail.proto.imap.parser import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
     Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota, Id,
@@ -120,12 +125,12 @@ class SelectedMailbox:
     mailbox: Mailbox
     read_only: bool
     uids: list[int]  #: reported UIDs, ascending; sequence number = index + 1
-    records: dict[int, MessageRecord]  #: current rows by UID (ghosts are missing)
-    flags: dict[int, frozenset[str]]  #: flags as last reported, by UID
+    flags: dict[int, frozenset[str]]  #: flags as last reported, by UID (ghosts too)
     uidnext: int
     highestmodseq: int
     keywords: set[str] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)  #: SEARCH RETURN (SAVE) UIDs (RFC 5182)
+    gone: set[int] = field(default_factory=set)  #: expunged, EXPUNGE not sent yet (ghosts)
 
     @property
     def id(self) -> int:
@@ -330,9 +335,8 @@ class ImapSession:
             if len(parts) != 3:
                 raise _bad("Malformed SASL PLAIN response")
             authzid, authcid, password = (p.decode("utf-8", "surrogateescape") for p in parts)
-            if authzid and authzid.lower() != authcid.lower():  # no proxy authorization
-                return await self._fail_auth(authcid)
-            return await self._authenticate(authcid, password)
+            # no proxy authorization: the Authenticator refuses an authzid != authcid
+            return await self._authenticate(authcid, password, authzid)
         if mechanism == "LOGIN":  # draft-murchison-sasl-login
             if args.initial_response is not None:
                 username = self._b64(args.initial_response)
@@ -370,9 +374,11 @@ class ImapSession:
         except (binascii.Error, ValueError):
             raise _bad("Invalid base64") from None
 
-    async def _authenticate(self, username: str, password: str):
+    async def _authenticate(self, username: str, password: str, authzid: str | None = None):
+        # A directory or LDAP outage raises StorageError (AuthUnavailable): NO [UNAVAILABLE]
         user = await self.authenticator.authenticate(
-            username, password, client_ip=self.channel.client_ip, service="imap")
+            username, password, client_ip=self.channel.client_ip, service="imap",
+            authzid=authzid)
         if user is None:
             return await self._fail_auth(username)
         if await self.store.index.get_mailbox(user.id, "INBOX") is None:
@@ -445,7 +451,7 @@ class ImapSession:
         rows = await self.store.index.list_messages(box.id)
         sel = SelectedMailbox(
             mailbox=box, read_only=read_only, uids=[m.uid for m in rows],
-            records={m.uid: m for m in rows}, flags={m.uid: m.flags for m in rows},
+            flags={m.uid: _shared_flags(m.flags) for m in rows},
             uidnext=box.uidnext, highestmodseq=box.highestmodseq,
         )
         sel.keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
@@ -825,11 +831,26 @@ class ImapSession:
         if uid:
             if not uids:
                 return []
-            return [(i + 1, u) for i, u in enumerate(uids) if sequence_set.contains(u, uids[-1])]
+            # each range located by binary search in the sorted UIDs: a single-message
+            # UID FETCH costs O(log n), not a walk over the mailbox
+            positions: set[int] = set()
+            for low, high in sequence_set.iter_ranges(uids[-1]):
+                positions.update(range(bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
+            return [(i + 1, uids[i]) for i in sorted(positions)]
         for first, last in sequence_set.ranges:
             if any(n is not None and n > len(uids) for n in (first, last)):
                 raise _bad(TEXT_BAD_SEQUENCE)
         return [(n, uids[n - 1]) for n in sequence_set.expand(len(uids))]
+
+    async def _records(self, uids: list[int]) -> dict[int, MessageRecord]:
+        """The index rows of these UIDs of the selected mailbox (one range query);
+        ghosts and messages expunged meanwhile are missing."""
+        sel = self.sel
+        wanted = {u for u in uids if u not in sel.gone}
+        if not wanted:
+            return {}
+        rows = await self.store.index.list_messages(sel.id, min(wanted), max(wanted))
+        return {m.uid: m for m in rows if m.uid in wanted}
 
     async def _structure(self, record: MessageRecord) -> MessageStructure:
         structure = self._structures.get(record.blob_key)
@@ -870,20 +891,35 @@ class ImapSession:
         needs_blob = any(a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
                          or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None)
                          for a in attributes)
+        # Thunderbird's per-message BODY.PEEK[HEADER.FIELDS (...)]: read only the header
+        # block from the blob store (one ranged GET), not the whole message.
+        header_only = needs_blob and all(
+            a.name == "RFC822.HEADER"
+            or (a.name == "BODY" and a.section is not None and not a.section.part
+                and a.section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"))
+            for a in attributes
+            if a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
+            or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None))
         sel = self.sel
-        targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        resolved = self._resolve(args.sequence_set, command.uid)
+        records = await self._records([u for _, u in resolved])
+        targets = [(seq, u) for seq, u in resolved if u in records]
         if args.changed_since is not None:
-            targets = [(seq, u) for seq, u in targets if sel.records[u].modseq > args.changed_since]
+            targets = [(seq, u) for seq, u in targets if records[u].modseq > args.changed_since]
         if sets_seen and not sel.read_only:
-            unseen = [u for _, u in targets if "\\Seen" not in sel.records[u].flags]
+            unseen = [u for _, u in targets if "\\Seen" not in records[u].flags]
             if unseen:
                 update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
                 for record in update.changed:
-                    sel.records[record.uid] = record
+                    records[record.uid] = record
         for seq, u in targets:
-            record = sel.records[u]
-            raw = await self.store.blobs.get(record.blob_key) if needs_blob else b""
+            record = records[u]
             structure = await self._structure(record) if needs_structure else None
+            if header_only:
+                assert structure is not None
+                raw = await self.store.blobs.get_range(record.blob_key, 0, structure.body.body_start)
+            else:
+                raw = await self.store.blobs.get(record.blob_key) if needs_blob else b""
             items: list[tuple[str, bytes]] = []
             for attribute in attributes:
                 name = attribute.name
@@ -912,7 +948,7 @@ class ImapSession:
                     items.append(("MODSEQ", r.encode_modseq(record.modseq)))
             elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
                 items.append(("MODSEQ", r.encode_modseq(record.modseq)))  # RFC 7162 3.1.4.1
-            sel.flags[u] = record.flags
+            sel.flags[u] = _shared_flags(record.flags)
             await self.send(r.fetch_response(seq, items))
         return "FETCH completed"
 
@@ -925,7 +961,9 @@ class ImapSession:
             raise _No(TEXT_READ_ONLY)
         if args.unchanged_since is not None:
             self.condstore = True
-        targets = [(seq, u) for seq, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        resolved = self._resolve(args.sequence_set, command.uid)
+        records = await self._records([u for _, u in resolved])
+        targets = [(seq, u) for seq, u in resolved if u in records]
         flags = frozenset(f for f in args.flags if f.lower() != "\\recent")
         mode = {"": "replace", "+": "add", "-": "remove"}[args.mode]
         changed: set[int] = set()
@@ -934,7 +972,7 @@ class ImapSession:
             update = await self.store.index.store_flags(
                 sel.id, [u for _, u in targets], flags, mode, unchanged_since=args.unchanged_since)
             for record in update.changed:
-                sel.records[record.uid] = record
+                records[record.uid] = record
                 changed.add(record.uid)
             failed = list(update.failed)
         sel.keywords.update(f for f in flags if not f.startswith("\\"))
@@ -943,7 +981,7 @@ class ImapSession:
         for seq, u in targets:
             if u in refused:
                 continue
-            record = sel.records[u]
+            record = records[u]
             items = []
             if not args.silent:
                 items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
@@ -954,7 +992,7 @@ class ImapSession:
                 if command.uid:
                     items.insert(0, ("UID", r.encode_number(u)))
                 out.append(r.fetch_response(seq, items))
-            sel.flags[u] = record.flags
+            sel.flags[u] = _shared_flags(record.flags)
         await self.send(b"".join(out))
         if failed:
             numbers = sorted(failed) if command.uid else [seq for seq, u in targets if u in refused]
@@ -987,7 +1025,7 @@ class ImapSession:
         target = await self.store.index.get_mailbox(self.user_id, self._name(args.mailbox))
         if target is None:
             raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
-        uids = [u for _, u in self._resolve(args.sequence_set, command.uid) if u in sel.records]
+        uids = [u for _, u in self._resolve(args.sequence_set, command.uid) if u not in sel.gone]
         if not uids:
             return f"{command.name} completed"
         if command.name == "MOVE":
@@ -1028,9 +1066,10 @@ class ImapSession:
         sel = self.sel
         matched: list[tuple[int, int]] = []  # (sequence number, UID)
         largest_uid = sel.uids[-1] if sel.uids else 0
+        records = await self._records(sel.uids)
         try:
             for index, u in enumerate(sel.uids):
-                record = sel.records.get(u)
+                record = records.get(u)
                 if record is None:
                     continue
                 context = _SearchContext(self, record, index + 1, len(sel.uids), largest_uid)
@@ -1041,7 +1080,7 @@ class ImapSession:
                 sel.saved = []  # RFC 5182 section 2.1: a failed SAVE search empties $
             raise
         numbers = [u if command.uid else seq for seq, u in matched]
-        highest = max((sel.records[u].modseq for _, u in matched), default=None) if uses_modseq else None
+        highest = max((records[u].modseq for _, u in matched), default=None) if uses_modseq else None
         if options is None:
             await self.send(r.search_response(numbers, modseq=highest))
             return "SEARCH completed"
@@ -1089,24 +1128,27 @@ class ImapSession:
         box = await self.store.index.get_mailbox_by_id(sel.id)
         if box is None:
             return  # deleted by another session; the next command will fail on it
-        ghosts = len(sel.uids) != len(sel.records)
-        if box.highestmodseq == sel.highestmodseq and box.uidnext == sel.uidnext and not (ghosts and allow_expunge):
+        if (box.highestmodseq == sel.highestmodseq and box.uidnext == sel.uidnext
+                and not (sel.gone and allow_expunge)):
             return
         rows = await self.store.index.list_messages(sel.id)
         fresh = {m.uid: m for m in rows}
         out = []
         kept = []
         for position, u in reversed(list(enumerate(sel.uids))):
-            if u in fresh or not allow_expunge:
+            if u in fresh:
                 kept.append(u)
+            elif not allow_expunge:  # a ghost until EXPUNGE may be sent
+                kept.append(u)
+                sel.gone.add(u)
             else:  # descending order keeps the lower sequence numbers valid
                 out.append(r.expunge_response(position + 1))
                 sel.flags.pop(u, None)
+                sel.gone.discard(u)
         kept.reverse()
-        known = set(kept)
-        new = [m.uid for m in rows if m.uid not in known and (not kept or m.uid > kept[-1])]
+        newest = kept[-1] if kept else 0
+        new = [m.uid for m in rows if m.uid > newest]
         sel.uids = kept + new
-        sel.records = {u: fresh[u] for u in sel.uids if u in fresh}
         keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
         if not keywords <= sel.keywords:
             sel.keywords |= keywords
@@ -1114,11 +1156,11 @@ class ImapSession:
         if new:
             out.append(r.exists_response(len(sel.uids)))
             for u in new:
-                sel.flags[u] = fresh[u].flags
+                sel.flags[u] = _shared_flags(fresh[u].flags)
         for position, u in enumerate(sel.uids):
-            record = sel.records.get(u)
+            record = fresh.get(u)
             if record is not None and sel.flags.get(u) != record.flags:
-                sel.flags[u] = record.flags
+                sel.flags[u] = _shared_flags(record.flags)
                 items = [("UID", r.encode_number(u)), ("FLAGS", r.encode_flag_list(sorted(record.flags)))]
                 if self.condstore:  # RFC 7162 section 3.1.4.1
                     items.append(("MODSEQ", r.encode_modseq(record.modseq)))
@@ -1239,6 +1281,20 @@ class _SearchContext:
             return bool(values)
         needle = needle.casefold()
         return any(needle in v.casefold() for v in values)
+
+
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _shared_flags(flags: frozenset[str]) -> frozenset[str]:
+    """One frozenset object per distinct flag set in the process (most messages share a
+    handful), so a selected mailbox costs a UID and a reference per message."""
+    shared = _FLAG_SETS.get(flags)
+    if shared is None:
+        if len(_FLAG_SETS) >= 4096:  # keyword soup: stop sharing rather than grow
+            return flags
+        shared = _FLAG_SETS.setdefault(flags, flags)
+    return shared
 
 
 def _unfold(text: str) -> str:
