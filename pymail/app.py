@@ -31,14 +31,14 @@ from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
 from pymail.net.imap import ImapService
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.pop3 import MaildropLocks, Pop3Service
 from pymail.net.smtp import MxHandler, SmtpService
+from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
 
 #: Services named in [listen] that this version does not serve yet.
-NOT_YET_SERVED = ("submission", "submissions", "pop3", "pop3s")
-
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
@@ -134,7 +134,7 @@ class Worker:
     config: Config
     reuse_port: bool = False
     store: Store | None = None
-    services: list[SmtpService | HttpService | ImapService] = field(default_factory=list)
+    services: list[SmtpService | HttpService | ImapService | Pop3Service] = field(default_factory=list)
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
     tls_context: ssl.SSLContext | None = None
@@ -149,22 +149,50 @@ class Worker:
             max_recipients=cfg.limits.recipients,
         )
         lines = []
-        if cfg.listen.smtp:
+        submission_handler = SubmissionHandler(
+            router=handler.router,
+            deliverer=handler.deliverer,
+            hostname=cfg.server.hostname,
+            max_recipients=cfg.limits.recipients,
+            service="submission",
+        )
+        # (name, handler, TLS, implicit TLS, STARTTLS required, SASL): the MX offers
+        # STARTTLS to whoever wants it (RFC 3207); submission insists on TLS and AUTH.
+        smtp_services = (
+            ("smtp", handler, False, False),
+            ("submission", submission_handler, False, True),
+            ("submissions", submission_handler, True, True),
+        )
+        for name, smtp_handler, implicit_tls, authenticated in smtp_services:
+            addresses = getattr(cfg.listen, name)
+            if not addresses:
+                continue
+            options = {}
+            if authenticated:
+                options = {"authenticator": self._authenticator(), "service": name}
             smtp = SmtpService(
-                "smtp",
-                [split_hostport(a) for a in cfg.listen.smtp],
-                handler,
+                name,
+                [split_hostport(a) for a in addresses],
+                smtp_handler,
                 hostname=cfg.server.hostname,
                 message_size=cfg.limits.message_size,
                 timeout=cfg.limits.smtp_timeout,
                 reuse_port=self.reuse_port,
+                tls_context=self._tls_context(),
+                implicit_tls=implicit_tls,
+                require_starttls=authenticated,
+                gate=self._connection_gate,
+                protocol_class=SubmissionSMTP if authenticated else None,
+                protocol_options=options,
             )
             try:
                 bound = await smtp.start()
             except OSError as e:
-                raise StartupError(f"listen.smtp: cannot listen on {cfg.listen.smtp}: {e.strerror or e}") from None
+                await smtp.stop(0)
+                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
             self.services.append(smtp)
-            lines += [f"smtp listening on {a}" for a in bound]
+            tls = "implicit TLS" if implicit_tls else "STARTTLS"
+            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
         watcher = MailboxWatcher(self.store)  # one change feed for both IMAP services
         for name, implicit_tls in (("imaps", True), ("imap", False)):
             addresses = getattr(cfg.listen, name)
@@ -189,6 +217,29 @@ class Worker:
             self.services.append(imap)
             tls = "implicit TLS" if implicit_tls else "STARTTLS"
             lines += [f"{name} ({tls}) listening on {a}" for a in bound]
+        pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s
+        for name, implicit_tls in (("pop3s", True), ("pop3", False)):
+            addresses = getattr(cfg.listen, name)
+            if not addresses:
+                continue
+            pop3 = Pop3Service(
+                name,
+                [split_hostport(a) for a in addresses],
+                self.store,
+                self._authenticator(),
+                self._tls_context(),
+                implicit_tls=implicit_tls,
+                locks=pop3_locks,
+                reuse_port=self.reuse_port,
+            )
+            try:
+                bound = await pop3.start()
+            except OSError as e:
+                await pop3.stop(0)
+                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
+            self.services.append(pop3)
+            tls = "implicit TLS" if implicit_tls else "STLS"
+            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
         if cfg.listen.http:
             http = HttpService(
                 [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port
@@ -203,10 +254,26 @@ class Worker:
         return lines
 
     def _authenticator(self) -> Authenticator:
+        """The one `Authenticator` of this process ([auth]: LDAP domains, bans kept in
+        the index so that every worker and node shares them)."""
+        from pymail.auth.service import authenticator_from_config
+
         assert self.store is not None
         if self.authenticator is None:
-            self.authenticator = Authenticator(self.store.directory)
+            try:
+                self.authenticator = authenticator_from_config(
+                    self.config.auth, self.store.directory, self.store.bans
+                )
+            except ValueError as e:
+                raise StartupError(str(e)) from None
         return self.authenticator
+
+    async def _connection_gate(self, client_ip: str) -> str | None:
+        """What SMTP says to a client before the greeting: ``421 4.7.0`` to a banned
+        address (the ban is shared through the index), nothing otherwise."""
+        if await self._authenticator().is_banned(client_ip):
+            return "421 4.7.0 Your address is temporarily blocked, try again later"
+        return None
 
     def _tls_context(self) -> ssl.SSLContext:
         """The server TLS context: the configured files, else the embedded default's."""
@@ -288,10 +355,6 @@ def _event_loop_runner():
 
 def announce_config(config: Config) -> None:
     log.info("data in %s (index %s, blobs %s)", config.server.data_dir, config.index_url, config.blobs_url)
-    unserved = [f"{name} {' '.join(getattr(config.listen, name))}" for name in NOT_YET_SERVED
-                if getattr(config.listen, name)]
-    if unserved:
-        log.warning("not served by this version of pymail: %s", ", ".join(unserved))
 
 
 def serve(config: Config) -> int:

@@ -30,7 +30,19 @@ apt_need() {
         APT_UPDATED=1
     fi
     say "installing ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # Packages like slapd, fail2ban and postgresql start their system daemon when
+    # installed (slapd on every interface).  pymail runs its own private, loopback-only
+    # instances, so keep the system ones from starting: policy-rc.d exit 101 is Debian's
+    # "do not start services" (invoke-rc.d(8), deb-systemd-invoke), for this install only.
+    local policy=/usr/sbin/policy-rc.d placed=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# placed by pymail scripts/lib.sh during apt-get install\nexit 101\n' |
+            as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && placed=1
+    fi
+    local status=0
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || status=$?
+    [ -n "$placed" ] && as_root rm -f "$policy"
+    [ "$status" = 0 ] || { say "apt-get install ${missing[*]} failed"; exit "$status"; }
 }
 
 # python_ok: a python3 >= 3.11 with a working venv module.

@@ -36,13 +36,19 @@ class PymailServer:
 
     def __init__(self, workdir: Path, *, extra_config: str = "", hostname: str = "mx.test.example",
                  workers: int = 1, storage_config: str = "", port: int | None = None,
-                 http: bool = False, imaps: bool = False, imap: bool = False) -> None:
+                 http: bool = False, imaps: bool = False, imap: bool = False,
+                 pop3s: bool = False, pop3: bool = False, submission: bool = False,
+                 submissions: bool = False) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.port = port or free_port()
         self.http_port = free_port() if http else None
         self.imaps_port = free_port() if imaps else None
         self.imap_port = free_port() if imap else None
+        self.pop3s_port = free_port() if pop3s else None
+        self.pop3_port = free_port() if pop3 else None
+        self.submission_port = free_port() if submission else None
+        self.submissions_port = free_port() if submissions else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
         self.config_path.write_text(
@@ -54,12 +60,12 @@ workers = {workers}
 
 [listen]
 smtp = ["127.0.0.1:{self.port}"]
-submission = []
-submissions = []
+submission = [{f'"127.0.0.1:{self.submission_port}"' if submission else ""}]
+submissions = [{f'"127.0.0.1:{self.submissions_port}"' if submissions else ""}]
 imap = [{f'"127.0.0.1:{self.imap_port}"' if imap else ""}]
 imaps = [{f'"127.0.0.1:{self.imaps_port}"' if imaps else ""}]
-pop3 = []
-pop3s = []
+pop3 = [{f'"127.0.0.1:{self.pop3_port}"' if pop3 else ""}]
+pop3s = [{f'"127.0.0.1:{self.pop3s_port}"' if pop3s else ""}]
 http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
 {storage_config}
 {extra_config}
@@ -125,6 +131,20 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
         client = imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=context, timeout=30)
         if user is not None:
             client.login(user, password)
+        return client
+
+    def pop3s_client(self, user: str | None = None, password: str = "secret-pw"):
+        """A `poplib.POP3_SSL` connected over real TLS (verified against `ca_file`),
+        logged in with USER/PASS as `user` when given."""
+        import poplib
+        import ssl
+
+        assert self.pop3s_port is not None, "started without pop3s=True"
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        client = poplib.POP3_SSL("127.0.0.1", self.pop3s_port, context=context, timeout=30)
+        if user is not None:
+            client.user(user)
+            client.pass_(password)
         return client
 
     def http_get(self, path: str) -> tuple[int, str]:

@@ -7,11 +7,14 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
+import string
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -37,6 +40,29 @@ def parse_size(value: object) -> int:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like "90s", "10m", "1.5h", "2d" (fail2ban's
+    findtime/bantime style; a bare number is seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10m")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 1h, 2d or a number of seconds)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def parse_hostport(value: object) -> str:
@@ -111,11 +137,11 @@ class ListenConfig(_Section):
     )
     submission: list[HostPort] = Field(
         default=["127.0.0.1:2587"],
-        description="Message submission with STARTTLS and SASL (port 587). Not served yet.",
+        description="Message submission: STARTTLS required, then SASL PLAIN/LOGIN (port 587).",
     )
     submissions: list[HostPort] = Field(
         default=["127.0.0.1:2465"],
-        description="Message submission over implicit TLS (port 465). Not served yet.",
+        description="Message submission over implicit TLS, then SASL PLAIN/LOGIN (port 465).",
     )
     imap: list[HostPort] = Field(
         default=["127.0.0.1:2143"], description="IMAP with STARTTLS (port 143); passwords are refused until TLS is up "
@@ -125,10 +151,10 @@ class ListenConfig(_Section):
         default=["127.0.0.1:2993"], description="IMAP over implicit TLS, TLS 1.2+ (port 993)."
     )
     pop3: list[HostPort] = Field(
-        default=["127.0.0.1:2110"], description="POP3 with STLS (port 110). Not served yet."
+        default=["127.0.0.1:2110"], description="POP3 with STLS (port 110); USER/PASS/AUTH only after STLS."
     )
     pop3s: list[HostPort] = Field(
-        default=["127.0.0.1:2995"], description="POP3 over implicit TLS (port 995). Not served yet."
+        default=["127.0.0.1:2995"], description="POP3 over implicit TLS (port 995)."
     )
     http: list[HostPort] = Field(
         default=["127.0.0.1:2080"],
@@ -277,6 +303,169 @@ class LimitsConfig(_Section):
     )
 
 
+_FILTER_FIELDS = frozenset({"localpart", "domain", "address"})
+
+
+class LdapConfig(_Section):
+    """How to reach the LDAP server of the domains whose ``domains.auth_type`` is 'ldap'
+    (pymail.auth.ldap).  Their users log in by binding to LDAP with their own password;
+    the domain's ``ldap_base_dn`` says where they are."""
+
+    url: str | None = Field(
+        default=None,
+        description="LDAP server, \"ldap://host[:port]\" or \"ldaps://host[:port]\" "
+        "(implicit TLS). Unset: LDAP domains cannot log in (a temporary failure, logged).",
+    )
+    starttls: bool = Field(
+        default=False,
+        description="Upgrade an ldap:// connection with StartTLS before sending a password. "
+        "Use it (or ldaps://) for any server that is not on this machine.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that sign the LDAP server's certificate, for "
+        "ldaps:// and StartTLS. Unset: the system's trusted CAs.",
+    )
+    bind_dn: str | None = Field(
+        default=None,
+        description="Service account that searches for the user's entry (with user_filter), "
+        "e.g. \"cn=pymail,ou=services,dc=example,dc=com\". Unset: the search, if any, "
+        "is anonymous.",
+    )
+    bind_password_file: Path | None = Field(
+        default=None,
+        description="File holding bind_dn's password (one line; keep it 0640 root:pymail). "
+        "The password never appears in the config itself or in logs.",
+    )
+    user_filter: str | None = Field(
+        default=None,
+        description="Search filter that finds the user's entry under the domain's "
+        "ldap_base_dn, e.g. \"(&(objectClass=inetOrgPerson)(uid={localpart}))\"; "
+        "{localpart}, {domain} and {address} are replaced by the escaped login. pymail "
+        "then binds as the entry found. Unset: no search, pymail binds as "
+        "\"uid=<localpart>,<ldap_base_dn>\".",
+    )
+    timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds to wait for the LDAP server to connect and to answer each "
+        "request; past it the login gets a temporary failure, never an accept.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise ValueError(f"invalid LDAP URL {value!r}") from None
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            raise ValueError(f"invalid LDAP URL {value!r} (expected ldap://host or ldaps://host)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"invalid LDAP URL {value!r} (only ldap[s]://host[:port])")
+        return value
+
+    @field_validator("user_filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError:
+            raise ValueError(f"invalid filter {value!r} (unbalanced braces)") from None
+        unknown = fields - _FILTER_FIELDS
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}} (use {{localpart}}, "
+                             "{domain} or {address})")
+        if not fields & {"localpart", "address"}:
+            raise ValueError("the filter must contain {localpart} or {address}")
+        if not (value.startswith("(") and value.endswith(")")):
+            raise ValueError(f"invalid filter {value!r} (an LDAP filter is in parentheses)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LdapConfig":
+        if self.starttls and self.url is not None and self.url.startswith("ldaps:"):
+            raise ValueError("starttls is for ldap:// URLs (ldaps:// is TLS already)")
+        if (self.bind_dn is None) != (self.bind_password_file is None):
+            raise ValueError("set both bind_dn and bind_password_file, or neither")
+        if self.bind_dn is not None and self.user_filter is None:
+            raise ValueError("bind_dn is only used to search: set user_filter too")
+        return self
+
+
+class BanConfig(_Section):
+    """Failed logins and bans (pymail.auth.ban), shared by every worker and node through
+    the index, like fail2ban's jail but without root or a firewall."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Count failed logins and ban client addresses that fail too often.",
+    )
+    max_failures: int = Field(
+        default=5,
+        ge=1,
+        le=10000,
+        description="Failed logins from one client address within find_time that get it "
+        "banned (fail2ban maxretry).",
+    )
+    find_time: Duration = Field(
+        default=600.0,
+        gt=0,
+        description="Window in which failures are counted, e.g. \"10m\" (fail2ban findtime).",
+    )
+    ban_time: Duration = Field(
+        default=1800.0,
+        gt=0,
+        description="How long a banned address is refused, e.g. \"30m\" (fail2ban bantime).",
+    )
+    ignore_ips: list[str] = Field(
+        default=[],
+        description="Addresses or networks never banned, e.g. [\"192.0.2.10\", "
+        "\"10.0.0.0/8\"] (a webmail host that logs everyone in). Loopback is not "
+        "ignored unless listed.",
+    )
+    account_max_failures: int = Field(
+        default=10,
+        ge=0,
+        le=100000,
+        description="Failed logins for one account, from any addresses, within find_time "
+        "after which every login for it waits account_delay first (a throttle, never a "
+        "lockout of the real user). 0 turns the throttle off.",
+    )
+    account_delay: Duration = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="Seconds each login of a throttled account waits before it is checked.",
+    )
+
+    @field_validator("ignore_ips")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"invalid address or network {item!r}") from None
+        return out
+
+
+class AuthConfig(_Section):
+    ldap: LdapConfig = Field(
+        default_factory=LdapConfig, description="LDAP for domains with auth_type 'ldap'."
+    )
+    ban: BanConfig = Field(
+        default_factory=BanConfig, description="Failed-login counting and address bans."
+    )
+
+
 class Config(_Section):
     """The whole file."""
 
@@ -291,6 +480,9 @@ class Config(_Section):
         default_factory=StorageConfig, description="Index, directory and message storage."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Protocol limits.")
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="Login: LDAP domains, failed-login bans."
+    )
 
     @property
     def index_url(self) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from pymail.delivery.router import MAX_DEPTH, RecipientStatus, Router
 from pymail.store import open_store
 
