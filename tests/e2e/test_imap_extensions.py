@@ -311,3 +311,18 @@ def test_idle_sees_changes_made_on_another_node(tmp_path: Path, request) -> None
         for node in (node_a, node_b):
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
+
+
+def test_selected_mailbox_deleted_by_another_session_ends_with_bye(server: PymailServer) -> None:
+    first = login(server)
+    ok(transact(first, "CREATE Scratch"))
+    ok(transact(first, "SELECT Scratch"))
+    second = login(server)
+    ok(transact(second, 'RENAME Scratch "Scratch 2"'))  # a rename keeps the mailbox
+    assert tagged(transact(first, "NOOP")).startswith(b"OK")
+    ok(transact(second, 'DELETE "Scratch 2"'))
+    second.logout()
+    tag = first._new_tag().decode()
+    first.send(f"{tag} NOOP\r\n".encode())
+    assert first.readline() == b"* BYE The selected mailbox was deleted\r\n"
+    assert first.readline() == b""  # closed

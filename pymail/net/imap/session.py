@@ -1127,7 +1127,11 @@ class ImapSession:
             return
         box = await self.store.index.get_mailbox_by_id(sel.id)
         if box is None:
-            return  # deleted by another session; the next command will fail on it
+            # Deleted by another session (a rename keeps the id): the reported state cannot be
+            # kept up, so say so and end the connection (RFC 3501 section 7.1.5 allows a
+            # BYE at any time); the client reconnects and lists the mailboxes anew.
+            await self.send(r.untagged_status(r.STATUS_BYE, "The selected mailbox was deleted"))
+            raise Logout()
         if (box.highestmodseq == sel.highestmodseq and box.uidnext == sel.uidnext
                 and not (sel.gone and allow_expunge)):
             return
