@@ -291,6 +291,11 @@ class Index(Protocol):
         """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
         ...
 
+    async def storage_used(self, user_id: int) -> int:
+        """Octets in all the user's mailboxes (the sum of RFC822.SIZE; a message copied
+        into two mailboxes counts twice, as IMAP QUOTA and Dovecot count it)."""
+        ...
+
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
         """Rename a mailbox and its children (hierarchy separator "/"), keeping
         UIDVALIDITY and messages.  Renaming INBOX moves its messages into a new mailbox

@@ -539,3 +539,22 @@ async def test_watch_sees_session_changes(store: Store) -> None:
             seen += await _until(changes, inbox.id, src.highestmodseq)
         assert MailboxChange(ann.id, archive.id, dst.uidnext, dst.highestmodseq) in seen
         assert MailboxChange(ann.id, inbox.id, src.uidnext, src.highestmodseq) in seen
+
+
+async def test_storage_used_sums_every_mailbox_of_one_user(store: Store) -> None:
+    ann, bob = await _users(store, "ann", "bob")
+    assert await store.index.storage_used(ann.id) == 0
+    inbox = await _fill(store, ann, "INBOX", _fs(), _fs("\\Seen"))
+    sent = await _fill(store, ann, "Sent", _fs())
+    await _fill(store, bob, "INBOX", _fs())
+    sizes = [m.size for box in (inbox, sent) for m in await store.index.list_messages(box.id)]
+    assert len(sizes) == 3
+    assert await store.index.storage_used(ann.id) == sum(sizes)
+    # a copy counts again (the quota is on what the user keeps, as IMAP QUOTA counts it)
+    await store.index.copy_messages(inbox.id, [1], sent.id)
+    assert await store.index.storage_used(ann.id) == sum(sizes) + sizes[0]
+    await store.index.store_flags(inbox.id, [1, 2], _fs("\\Deleted"), "add")
+    await store.index.expunge(inbox.id)
+    assert await store.index.storage_used(ann.id) == sizes[2] + sizes[0]
+    (bob_message,) = await store.index.list_messages((await store.index.get_mailbox(bob.id, "INBOX")).id)
+    assert await store.index.storage_used(bob.id) == bob_message.size

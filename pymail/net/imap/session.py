@@ -709,10 +709,7 @@ class ImapSession:
 
     async def _storage_used(self) -> int:
         """Octets in all the user's mailboxes (the sum of RFC822.SIZE)."""
-        total = 0
-        for box in await self.store.index.list_mailboxes(self.user_id):
-            total += (await self.store.index.mailbox_status(box.id)).size
-        return total
+        return await self.store.index.storage_used(self.user_id)
 
     async def _check_quota(self, adding: int) -> None:
         """NO [OVERQUOTA] (RFC 9208 section 4.3) when `adding` octets exceed the

@@ -461,6 +461,14 @@ class PostgresIndex:
             _mailbox(row[:8]), int(row[8]), int(row[9]), int(row[10]), int(row[11])
         )
 
+    async def storage_used(self, user_id: int) -> int:
+        """Octets in all the user's mailboxes (see `Index.storage_used`)."""
+        return int(await self.db.fetchval(
+            "SELECT coalesce(sum(m.size), 0) FROM messages m"
+            " JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = $1",
+            user_id,
+        ))
+
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
         """Rename `old` and its children (see `Index.rename_mailbox`); renaming INBOX
         moves its messages to a new mailbox `new` (with a new UIDVALIDITY, the messages

@@ -360,6 +360,19 @@ class SqliteIndex:
 
         return await self.db.read(query)
 
+    async def storage_used(self, user_id: int) -> int:
+        """Octets in all the user's mailboxes (see `Index.storage_used`)."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT coalesce(sum(m.size), 0) FROM messages m"
+                " JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?",
+                (user_id,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self.db.read(query)
+
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
         """Rename `old` and its children (see `Index.rename_mailbox`); renaming INBOX
         moves its messages to a new mailbox `new` (with a new UIDVALIDITY, the messages
