@@ -605,6 +605,10 @@ imaps = [{f'"{self.host}:{self.imaps_port}"' if imaps else ""}]
 pop3 = []
 pop3s = []
 http = []
+
+[limits]
+# the benchmarks open up to 1000 connections from 127.0.0.1
+connections_per_ip = 0
 {storage_config}
 """
         )

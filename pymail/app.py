@@ -31,7 +31,9 @@ from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
 from pymail.net.imap import ImapService
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.limits import ConnectionLimiter
 from pymail.net.pop3 import MaildropLocks, Pop3Service
+from pymail.net.proxy import TrustedProxies
 from pymail.net.smtp import MxHandler, SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
@@ -138,10 +140,18 @@ class Worker:
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
     tls_context: ssl.SSLContext | None = None
+    #: connections per client address, shared by every mail listener of this process
+    #: (None: ``limits.connections_per_ip = 0``, no limit)
+    limiter: ConnectionLimiter | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
         self.store = await prepare_storage(cfg)
+        # Every mail listener: PROXY headers from the configured load balancers, and one
+        # per-address connection count for all protocols of this process.
+        trusted = TrustedProxies(cfg.server.proxy_protocol_from)
+        if cfg.limits.connections_per_ip:
+            self.limiter = ConnectionLimiter(cfg.limits.connections_per_ip)
         handler = MxHandler(
             router=Router(self.store.directory),
             deliverer=LocalDeliverer(self.store.blobs, self.store.index),
@@ -184,6 +194,8 @@ class Worker:
                 gate=self._connection_gate,
                 protocol_class=SubmissionSMTP if authenticated else None,
                 protocol_options=options,
+                trusted_proxies=trusted,
+                limiter=self.limiter,
             )
             try:
                 bound = await smtp.start()
@@ -208,6 +220,8 @@ class Worker:
                 reuse_port=self.reuse_port,
                 append_limit=cfg.limits.message_size,
                 watcher=watcher,
+                trusted_proxies=trusted,
+                limiter=self.limiter,
             )
             try:
                 bound = await imap.start()
@@ -231,6 +245,8 @@ class Worker:
                 implicit_tls=implicit_tls,
                 locks=pop3_locks,
                 reuse_port=self.reuse_port,
+                trusted_proxies=trusted,
+                limiter=self.limiter,
             )
             try:
                 bound = await pop3.start()

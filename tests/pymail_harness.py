@@ -38,7 +38,9 @@ class PymailServer:
                  workers: int = 1, storage_config: str = "", port: int | None = None,
                  http: bool = False, imaps: bool = False, imap: bool = False,
                  pop3s: bool = False, pop3: bool = False, submission: bool = False,
-                 submissions: bool = False) -> None:
+                 submissions: bool = False, server_config: str = "") -> None:
+        """`server_config`: more lines for the [server] section (`extra_config` comes
+        after every section, so it cannot add to one the harness writes)."""
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.port = port or free_port()
@@ -57,6 +59,7 @@ class PymailServer:
 hostname = "{hostname}"
 data_dir = "{self.data_dir}"
 workers = {workers}
+{server_config}
 
 [listen]
 smtp = ["127.0.0.1:{self.port}"]

@@ -95,6 +95,17 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("PYMAIL_DATA") or "pymail-data").absolute()
 
 
+def _networks(value: list[str]) -> list[str]:
+    """Addresses or networks ("192.0.2.10", "10.0.0.0/8", "2001:db8::/32"), normalised."""
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"invalid address or network {item!r}") from None
+    return out
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -128,6 +139,20 @@ class ServerConfig(_Section):
         pattern="^(debug|info|warning|error)$",
         description="Least severe log level written to stderr: debug, info, warning, error.",
     )
+    proxy_protocol_from: list[str] = Field(
+        default=[],
+        description="Load balancers (addresses or networks, e.g. [\"10.0.0.0/8\"]) whose "
+        "connections to every mail listener start with a PROXY protocol header, v1 or v2 "
+        "(HAProxy send-proxy / send-proxy-v2, before TLS on implicit-TLS ports). The header's "
+        "source address is then the client everywhere: logs, bans, Received, connection "
+        "limits. A listed peer that sends no valid header within 10 s is disconnected; other "
+        "peers are served directly and a PROXY header from them is not honoured.",
+    )
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        return _networks(value)
 
 
 class ListenConfig(_Section):
@@ -297,9 +322,18 @@ class LimitsConfig(_Section):
     )
     smtp_timeout: float = Field(
         default=300.0,
-        ge=30.0,
+        ge=300.0,
         description="Seconds an SMTP client may stay silent before the connection is "
-        "closed (RFC 5321 section 4.5.3.2 asks for at least 5 minutes).",
+        "closed; at least 300 (RFC 5321 section 4.5.3.2: 5 minutes).",
+    )
+    connections_per_ip: int = Field(
+        default=50,
+        ge=0,
+        le=1_000_000,
+        description="Simultaneous connections one client address may hold to one pymail "
+        "process, all services together (SMTP, submission, IMAP, POP3); more are refused "
+        "(SMTP 421 4.7.0, IMAP BYE, POP3 -ERR [SYS/TEMP]). Counted per worker process. "
+        "0: no limit.",
     )
 
 
@@ -448,13 +482,7 @@ class BanConfig(_Section):
     @field_validator("ignore_ips")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        out = []
-        for item in value:
-            try:
-                out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
-            except ValueError:
-                raise ValueError(f"invalid address or network {item!r}") from None
-        return out
+        return _networks(value)
 
 
 class AuthConfig(_Section):

@@ -14,6 +14,11 @@ protocol through its documented hooks and a few overridden methods:
   2xx/4xx/5xx reply after the greeting carries an RFC 3463 code (`push`).
 * **Addresses** are parsed by `pymail.mail.address` (strict RFC 5321/6531), not by the
   RFC 5322 header parser aiosmtpd uses; source routes are kept so RCPT can refuse them.
+* **The client** is the socket's peer, or the source of the PROXY header a trusted load
+  balancer sent (`pymail.net.proxy`; aiosmtpd's own PROXY support is not used, so every
+  listener of every protocol reads the header the same way).  Before the greeting the
+  client's address must be under ``limits.connections_per_ip`` (`pymail.net.limits`,
+  ``421 4.7.0 Too many connections from your address``) and pass the gate (bans).
 
 `MxHandler` holds the policy (who may receive, who may relay: nobody on the MX) and the
 delivery: `250` to DATA only after `LocalDeliverer` made the message durable for every
@@ -45,7 +50,9 @@ from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import RecipientStatus, Router
 from pymail.mail import trace
 from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_path, split_route
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot
 from pymail.net.listen import bound_addresses
+from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
 from pymail.store.interfaces import DeliveryTarget, StorageError
 
 log = logging.getLogger("pymail.smtp")
@@ -73,6 +80,7 @@ class Reply:
     TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
     BARE_LINE_END = "550 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
     SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
+    TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address"
 
 
 #: RFC 3463 defaults for replies that aiosmtpd composes without an enhanced code.
@@ -200,15 +208,21 @@ class PymailSMTP(SMTP):
 
     def __init__(self, handler: Any, *, connections: set["PymailSMTP"],
                  gate: Callable[[str], Awaitable[str | None]] | None = None,
-                 implicit_tls: bool = False, **kwargs: Any) -> None:
+                 implicit_tls: bool = False, client: ClientAddress | None = None,
+                 limiter: ConnectionLimiter | None = None, **kwargs: Any) -> None:
         """`gate(client_ip)` runs before the greeting: a reply (e.g. ``421 4.7.0`` for a
         banned address) refuses the connection with it.  `implicit_tls`: the listener
-        wraps every connection in TLS before SMTP starts (RFC 8314, port 465)."""
+        wraps every connection in TLS before SMTP starts (RFC 8314, port 465).
+        `client`: the real client a trusted PROXY header named (None: the socket's
+        peer); it is ``session.peer`` for the whole session, STARTTLS included.
+        `limiter` counts the connection against its client address before the gate."""
         self._implicit_tls = implicit_tls
         self._starttls_protocol: Any = None
         super().__init__(handler, **kwargs)
         self._connections = connections
         self._gate = gate
+        self._client = client
+        self._limiter = limiter
         self._plain_replies = False  # while answering EHLO/HELO (no enhanced codes)
 
     # aiosmtpd knows TLS only as STARTTLS: it asks ``self._tls_protocol`` whether the
@@ -229,24 +243,44 @@ class PymailSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._connections.add(self)
-        super().connection_made(transport)
+        super().connection_made(transport)  # a new session (again after STARTTLS)
+        if self.session is not None and self._client is not None:
+            self.session.peer = self._client
         if self._implicit_tls and self.session is not None and self.session.ssl is None:
             self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
 
     async def _handle_client(self) -> None:
-        if self._gate is not None:
-            try:
-                refusal = await self._gate(self._peer_ip())
-            except Exception:  # noqa: BLE001 - the gate must never crash a session
-                log.exception("connection gate failed; letting the client in")
-                refusal = None
-            if refusal:
-                log.info("connection refused rip=%s reply=\"%s\"", self._peer_ip(), refusal)
-                if self.transport is not None:
-                    self.transport.write(refusal.encode("ascii") + b"\r\n")
-                    self.transport.close()
-                return
-        await super()._handle_client()
+        # The connection's slot is held by this task: released when it ends, whether
+        # by QUIT, a timeout, the client leaving (aiosmtpd cancels it) or shutdown.
+        slot: ConnectionSlot | None = None
+        try:
+            if self._limiter is not None:
+                slot = self._limiter.acquire(self._peer_ip())
+                if slot is None:
+                    self._refuse(Reply.TOO_MANY_CONNECTIONS,
+                                 f"too_many_connections limit={self._limiter.limit}")
+                    return
+            if self._gate is not None:
+                try:
+                    refusal = await self._gate(self._peer_ip())
+                except Exception:  # noqa: BLE001 - the gate must never crash a session
+                    log.exception("connection gate failed; letting the client in")
+                    refusal = None
+                if refusal:
+                    self._refuse(refusal)
+                    return
+            await super()._handle_client()
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def _refuse(self, reply: str, reason: str = "") -> None:
+        """Say `reply` instead of the greeting and close; one log line."""
+        log.info("connection refused rip=%s%s reply=\"%s\"", self._peer_ip(),
+                 f" reason={reason}" if reason else "", reply)
+        if self.transport is not None:
+            self.transport.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         self._connections.discard(self)
@@ -550,8 +584,10 @@ class SmtpService:
 
     `tls_context` offers STARTTLS (RFC 3207), or with `implicit_tls` wraps every
     connection in TLS before the greeting (RFC 8314, port 465); `require_starttls`
-    refuses mail commands before STARTTLS.  `gate(client_ip)` may refuse a connection
-    before the greeting (bans, connection limits).  `protocol_class` and
+    refuses mail commands before STARTTLS.  `limiter` refuses a client address over its
+    connection limit (``421 4.7.0``), then `gate(client_ip)` may refuse a connection
+    before the greeting (bans).  Connections from `trusted_proxies` start with a PROXY
+    header whose source is the client (`pymail.net.proxy`).  `protocol_class` and
     `protocol_options` choose the protocol (`PymailSMTP`, or the submission one)."""
 
     def __init__(
@@ -570,6 +606,8 @@ class SmtpService:
         gate: Callable[[str], Awaitable[str | None]] | None = None,
         protocol_class: type[PymailSMTP] | None = None,
         protocol_options: dict[str, Any] | None = None,
+        trusted_proxies: TrustedProxies | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
         self.name = name
         self.addresses = addresses
@@ -584,15 +622,19 @@ class SmtpService:
         self.gate = gate
         self.protocol_class = protocol_class or PymailSMTP
         self.protocol_options = protocol_options or {}
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.limiter = limiter
         self.connections: set[PymailSMTP] = set()
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.AbstractServer | ProxyListener] = []
 
-    def _protocol(self) -> PymailSMTP:
+    def _protocol(self, client: ClientAddress | None) -> PymailSMTP:
         return self.protocol_class(
             self.handler,
             connections=self.connections,
             gate=self.gate,
             implicit_tls=self.implicit_tls,
+            client=client,
+            limiter=self.limiter,
             tls_context=None if self.implicit_tls else self.tls_context,
             require_starttls=self.require_starttls and not self.implicit_tls,
             hostname=self.hostname,
@@ -607,13 +649,12 @@ class SmtpService:
 
     async def start(self) -> list[str]:
         """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
-        loop = asyncio.get_running_loop()
         bound = []
         tls = self.tls_context if self.implicit_tls else None
         for host, port in self.addresses:
-            server = await loop.create_server(
-                self._protocol, host, port, reuse_port=self.reuse_port or None, backlog=1024,
-                ssl=tls, ssl_handshake_timeout=30 if tls else None,
+            server = await start_listener(
+                self.name, self._protocol, host, port, tls=tls, trusted=self.trusted_proxies,
+                reuse_port=self.reuse_port,
             )
             self.servers.append(server)
             bound += bound_addresses(server.sockets)

@@ -12,6 +12,11 @@ sans-IO `CommandReader` and its commands to an `ImapSession`.
   else reaches the client: an unexpected exception is logged and the connection closed.
 * A client silent for `AUTOLOGOUT_SECONDS` (RFC 3501 section 5.4: at least 30 minutes
   once authenticated) or `PREAUTH_TIMEOUT_SECONDS` before login gets ``* BYE``.
+* The client is the socket's peer, or the source of a trusted load balancer's PROXY
+  header (`pymail.net.proxy`, read before TLS on ``imaps``).  Before the greeting its
+  address must be under ``limits.connections_per_ip`` (`pymail.net.limits`; else
+  ``* BYE Too many connections from your address``) and not banned (``* BYE``): a BYE
+  greeting refuses the connection (RFC 3501 section 7.1.5).
 * `stop` stops accepting, waits (bounded) for commands in progress, then says ``* BYE``
   to every connection and closes it.
 """
@@ -20,13 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 
 from pymail.auth.service import Authenticator
 from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, ImapSession, Logout
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot
 from pymail.net.listen import bound_addresses
+from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.parser import CONNECTION_CLOSED, NEED_DATA, CommandReader, NeedContinuation
@@ -39,21 +47,24 @@ log = logging.getLogger("pymail.imap")
 AUTOLOGOUT_SECONDS = 30 * 60
 PREAUTH_TIMEOUT_SECONDS = 60
 READ_SIZE = 64 * 1024
+TOO_MANY_CONNECTIONS = "Too many connections from your address"
 
 
 class ImapConnection:
     """One client connection: the stream pair, the command reader, the session.
 
-    Fields: ``tls`` whether the stream is encrypted now; ``busy`` while a command runs
-    (shutdown waits for it); ``task`` the task serving the connection."""
+    Fields: ``tls`` whether the stream is encrypted now; ``client_ip`` the client's
+    address (a trusted PROXY header's source, else the peer); ``busy`` while a command
+    runs (shutdown waits for it); ``task`` the task serving the connection."""
 
     def __init__(self, service: ImapService, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, tls: bool) -> None:
+                 writer: asyncio.StreamWriter, *, tls: bool,
+                 client: ClientAddress | None = None) -> None:
         self.service = service
         self.reader = reader
         self.writer = writer
         self.tls = tls
-        peer = writer.get_extra_info("peername")
+        peer = client or writer.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "unknown"
         self.commands = CommandReader(max_append=service.append_limit)
         self.session = ImapSession(service.store, service.authenticator, self,
@@ -109,7 +120,15 @@ class ImapConnection:
     # -- the loop -------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        slot: ConnectionSlot | None = None
         try:
+            if self.service.limiter is not None:
+                slot = self.service.limiter.acquire(self.client_ip)
+                if slot is None:
+                    log.info("imap connection refused rip=%s reason=too_many_connections limit=%d",
+                             self.client_ip, self.service.limiter.limit)
+                    await self.send(r.untagged_status(r.STATUS_BYE, TOO_MANY_CONNECTIONS))
+                    return
             if await self.service.authenticator.is_banned(self.client_ip):
                 # RFC 3501 section 7.1.5: BYE as the greeting refuses the connection
                 log.info("imap connection refused rip=%s reason=banned", self.client_ip)
@@ -150,6 +169,8 @@ class ImapConnection:
         except Exception:
             log.exception("imap connection from %s failed", self.client_ip)
         finally:
+            if slot is not None:
+                slot.release()
             self.writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -171,10 +192,16 @@ class ImapService:
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
                  implicit_tls: bool, reuse_port: bool = False,
                  append_limit: int = DEFAULT_APPEND_LIMIT,
-                 watcher: MailboxWatcher | None = None) -> None:
+                 watcher: MailboxWatcher | None = None,
+                 trusted_proxies: TrustedProxies | None = None,
+                 limiter: ConnectionLimiter | None = None) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
-        process so that they hold one change feed between them."""
+        process so that they hold one change feed between them; `trusted_proxies` send
+        a PROXY header first; `limiter` (shared by every service of the process) counts
+        connections per client address."""
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.limiter = limiter
         self.name = name
         self.append_limit = append_limit
         self.watcher = watcher if watcher is not None else MailboxWatcher(store)
@@ -185,14 +212,24 @@ class ImapService:
         self.implicit_tls = implicit_tls
         self.reuse_port = reuse_port
         self.connections: set[ImapConnection] = set()
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.AbstractServer | ProxyListener] = []
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = ImapConnection(self, reader, writer, tls=self.implicit_tls)
+    def _protocol(self, client: ClientAddress | None) -> asyncio.StreamReaderProtocol:
+        """What `asyncio.start_server` makes per connection, knowing the client."""
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        return asyncio.StreamReaderProtocol(reader, functools.partial(self._handle, client=client))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                      client: ClientAddress | None = None) -> None:
+        connection = ImapConnection(self, reader, writer, tls=self.implicit_tls, client=client)
         connection.task = asyncio.current_task()
         self.connections.add(connection)
         try:
             await connection.serve()
+        except asyncio.CancelledError:
+            # `shutdown` cancelled the connection: the task ends normally, else the
+            # StreamReaderProtocol of Python 3.11 logs the cancellation as an error.
+            pass
         finally:
             self.connections.discard(connection)
 
@@ -200,10 +237,10 @@ class ImapService:
         """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
         bound = []
         for host, port in self.addresses:
-            server = await asyncio.start_server(
-                self._handle, host, port, ssl=self.ssl_context if self.implicit_tls else None,
-                ssl_handshake_timeout=30 if self.implicit_tls else None,
-                reuse_port=self.reuse_port or None, backlog=1024, limit=READ_SIZE,
+            server = await start_listener(
+                self.name, self._protocol, host, port,
+                tls=self.ssl_context if self.implicit_tls else None,
+                trusted=self.trusted_proxies, reuse_port=self.reuse_port,
             )
             self.servers.append(server)
             bound += bound_addresses(server.sockets)

@@ -11,9 +11,17 @@ sans-IO `CommandReader` and its commands to a `Pop3Session`.
 * Reader errors are answered with the ``-ERR`` they carry and the session goes on.
   Nothing else reaches the client: an unexpected exception is logged and the
   connection closed.
-* A client silent for `AUTOLOGOUT_SECONDS` (RFC 1939 section 3: at least 10 minutes)
-  or `PREAUTH_TIMEOUT_SECONDS` before login gets ``-ERR`` and is disconnected without
-  entering the UPDATE state: nothing is removed.
+* A client silent for `AUTOLOGOUT_SECONDS` gets ``-ERR`` and is disconnected without
+  entering the UPDATE state: nothing is removed.  RFC 1939 section 3 asks for at least
+  10 minutes in every state, so the same timer applies before login (unlike IMAP, whose
+  30-minute minimum covers authenticated sessions only); ``limits.connections_per_ip``
+  bounds what silent unauthenticated clients can hold.
+* The client is the socket's peer, or the source of a trusted load balancer's PROXY
+  header (`pymail.net.proxy`, read before TLS on ``pop3s``).  Before the greeting its
+  address must be under ``limits.connections_per_ip`` (`pymail.net.limits`; else
+  ``-ERR [SYS/TEMP] Too many connections from your address``: RFC 3206's code for a
+  temporary condition; ``[IN-USE]`` is about a maildrop already in use, which this is
+  not) and not banned (``-ERR [AUTH]``).
 * `stop` stops accepting, waits (bounded) for commands in progress (a QUIT removing
   messages finishes), then says ``-ERR`` to every connection and closes it; their
   marked messages stay.
@@ -23,12 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 
 from pymail.auth.service import Authenticator
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot
 from pymail.net.listen import bound_addresses
 from pymail.net.pop3.session import Logout, MaildropLocks, Pop3Session
+from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
 from pymail.proto.pop3 import responses as r
 from pymail.proto.pop3.errors import CommandError
 from pymail.proto.pop3.reader import CONNECTION_CLOSED, NEED_DATA, Command, CommandReader
@@ -38,23 +49,26 @@ from pymail.store import Store
 log = logging.getLogger("pymail.pop3")
 
 AUTOLOGOUT_SECONDS = 10 * 60
-PREAUTH_TIMEOUT_SECONDS = 60
+PREAUTH_TIMEOUT_SECONDS = AUTOLOGOUT_SECONDS  # RFC 1939 section 3: in every state
 READ_SIZE = 64 * 1024
+TOO_MANY_CONNECTIONS = "Too many connections from your address"
 
 
 class Pop3Connection:
     """One client connection: the stream pair, the command reader, the session.
 
-    Fields: ``tls`` whether the stream is encrypted now; ``busy`` while a command runs
-    (shutdown waits for it); ``task`` the task serving the connection."""
+    Fields: ``tls`` whether the stream is encrypted now; ``client_ip`` the client's
+    address (a trusted PROXY header's source, else the peer); ``busy`` while a command
+    runs (shutdown waits for it); ``task`` the task serving the connection."""
 
     def __init__(self, service: Pop3Service, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, tls: bool) -> None:
+                 writer: asyncio.StreamWriter, *, tls: bool,
+                 client: ClientAddress | None = None) -> None:
         self.service = service
         self.reader = reader
         self.writer = writer
         self.tls = tls
-        peer = writer.get_extra_info("peername")
+        peer = client or writer.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "unknown"
         self.commands = CommandReader()
         self.session = Pop3Session(service.store, service.authenticator, self, service.locks,
@@ -106,7 +120,15 @@ class Pop3Connection:
     # -- the loop -------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        slot: ConnectionSlot | None = None
         try:
+            if self.service.limiter is not None:
+                slot = self.service.limiter.acquire(self.client_ip)
+                if slot is None:
+                    log.info("pop3 connection refused rip=%s reason=too_many_connections limit=%d",
+                             self.client_ip, self.service.limiter.limit)
+                    await self.send(r.err(TOO_MANY_CONNECTIONS, r.CODE_SYS_TEMP))
+                    return
             if await self.service.authenticator.is_banned(self.client_ip):
                 log.info("pop3 connection refused rip=%s reason=banned", self.client_ip)
                 await self.send(b"-ERR [AUTH] Your address is temporarily blocked\r\n")
@@ -140,6 +162,8 @@ class Pop3Connection:
         except Exception:
             log.exception("pop3 connection from %s failed", self.client_ip)
         finally:
+            if slot is not None:
+                slot.release()
             self.session.close()
             self.writer.close()
             with contextlib.suppress(Exception):
@@ -163,8 +187,13 @@ class Pop3Service:
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
                  implicit_tls: bool, locks: MaildropLocks | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, trusted_proxies: TrustedProxies | None = None,
+                 limiter: ConnectionLimiter | None = None) -> None:
+        """`trusted_proxies` send a PROXY header first; `limiter` (shared by every
+        service of the process) counts connections per client address."""
         self.name = name
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.limiter = limiter
         self.addresses = addresses
         self.store = store
         self.authenticator = authenticator
@@ -173,14 +202,24 @@ class Pop3Service:
         self.locks = locks if locks is not None else MaildropLocks()
         self.reuse_port = reuse_port
         self.connections: set[Pop3Connection] = set()
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.AbstractServer | ProxyListener] = []
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = Pop3Connection(self, reader, writer, tls=self.implicit_tls)
+    def _protocol(self, client: ClientAddress | None) -> asyncio.StreamReaderProtocol:
+        """What `asyncio.start_server` makes per connection, knowing the client."""
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        return asyncio.StreamReaderProtocol(reader, functools.partial(self._handle, client=client))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                      client: ClientAddress | None = None) -> None:
+        connection = Pop3Connection(self, reader, writer, tls=self.implicit_tls, client=client)
         connection.task = asyncio.current_task()
         self.connections.add(connection)
         try:
             await connection.serve()
+        except asyncio.CancelledError:
+            # `shutdown` cancelled the connection: the task ends normally, else the
+            # StreamReaderProtocol of Python 3.11 logs the cancellation as an error.
+            pass
         finally:
             self.connections.discard(connection)
 
@@ -188,10 +227,10 @@ class Pop3Service:
         """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
         bound = []
         for host, port in self.addresses:
-            server = await asyncio.start_server(
-                self._handle, host, port, ssl=self.ssl_context if self.implicit_tls else None,
-                ssl_handshake_timeout=30 if self.implicit_tls else None,
-                reuse_port=self.reuse_port or None, backlog=1024, limit=READ_SIZE,
+            server = await start_listener(
+                self.name, self._protocol, host, port,
+                tls=self.ssl_context if self.implicit_tls else None,
+                trusted=self.trusted_proxies, reuse_port=self.reuse_port,
             )
             self.servers.append(server)
             bound += bound_addresses(server.sockets)
