@@ -240,3 +240,54 @@ def test_user_filter_escapes_every_value() -> None:
         "(mail=\\2a\\29\\28uid=\\2a@ex\\28ample\\29.test))(o=ex\\28ample\\29.test))"
     )
     assert user_filter("(uid={localpart})", "back\\slash\x00", "d") == "(uid=back\\5cslash\\00)"
+
+
+def test_submission_with_an_ldap_user_and_a_454_during_an_outage(
+        tmp_path: Path, storage: StorageSetup, slapd_service: SlapdService) -> None:
+    """The issue's SMTP case: an LDAP-domain user sends through submission with the LDAP
+    password; with slapd down the same AUTH is ``454 4.7.0``, never an accept."""
+    import base64
+    import smtplib
+    import ssl
+
+    srv = PymailServer(tmp_path, storage_config=storage.config, submission=True,
+                       extra_config=ldap_config(slapd_service))
+    srv.cli("domain", "add", DOMAIN, "--auth", "ldap", "--ldap-base-dn", PEOPLE_DN)
+    srv.cli("user", "add", f"alice@{DOMAIN}")
+    srv.add_user("bob@example.test")
+    srv.start()
+    user, password = f"alice@{DOMAIN}", password_of("alice")
+    context = ssl.create_default_context(cafile=str(srv.ca_file))
+
+    def auth(secret: str) -> tuple[int, bytes, smtplib.SMTP]:
+        client = smtplib.SMTP("127.0.0.1", srv.submission_port, timeout=30)
+        client.starttls(context=context)
+        client.ehlo("client.example")
+        token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+        code, text = client.docmd("AUTH", f"PLAIN {token}")
+        return code, text, client
+
+    try:
+        code, _, client = auth(password)
+        assert code == 235
+        client.sendmail(user, ["bob@example.test"], b"Subject: from ldap\r\n\r\nhi\r\n")
+        client.quit()
+        assert [blob.split(b"Subject: ")[1][:9] for _, blob, _ in srv.inbox("bob@example.test")] == [b"from ldap"]
+        code, text, client = auth("wrong")
+        assert (code, text[:5]) == (535, b"5.7.8")
+        client.quit()
+        slapd_service.stop_server()
+        try:
+            for secret in (password, "wrong"):
+                code, text, client = auth(secret)
+                assert (code, text[:5]) == (454, b"4.7.0"), (code, text)
+                code, _ = client.docmd("MAIL", f"FROM:<{user}>")
+                assert code == 530  # still not authenticated
+                client.quit()
+        finally:
+            slapd_service.start_server()
+        code, _, client = auth(password)
+        assert code == 235
+        client.quit()
+    finally:
+        srv.stop()

@@ -407,3 +407,17 @@ def test_bad_input_gets_bad_and_the_session_continues(server: PymailServer) -> N
     assert tagged(transact(client, "NOOP")) == b"OK NOOP completed"
     assert client.logout()[0] == "BYE"
     assert "Traceback" not in server.log()
+
+
+def test_starttls_command_injection_closes_the_connection(server: PymailServer) -> None:
+    """CVE-2011-0411 / RFC 2595 section 3.1: a command pipelined in plaintext behind
+    STARTTLS must never run, neither before nor inside TLS."""
+    assert server.imap_port is not None
+    raw = socket.create_connection(("127.0.0.1", server.imap_port), timeout=30)
+    reader = raw.makefile("rb")
+    assert reader.readline().startswith(b"* OK ")
+    raw.sendall(b"a STARTTLS\r\nb LOGIN alice@example.test secret-pw\r\n")
+    assert reader.readline().startswith(b"a OK ")
+    assert reader.read() == b""  # closed: no answer to b, no TLS to smuggle it into
+    raw.close()
+    assert "authenticated: service=imap" not in server.log()
