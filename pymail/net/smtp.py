@@ -53,7 +53,7 @@ from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_path
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
 from pymail.net.listen import bound_addresses
 from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
-from pymail.store.interfaces import DeliveryTarget, StorageError
+from pymail.store.interfaces import DeliveryTarget, StorageError, User
 
 log = logging.getLogger("pymail.smtp")
 
@@ -76,6 +76,7 @@ class Reply:
     ALIAS_LOOP = "554 5.4.6 Recipient address rejected: alias loop"
     FORWARD_UNAVAILABLE = "451 4.3.0 Recipient address cannot be served now, try later"
     TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+    MAILBOX_FULL = "452 4.2.2 Recipient's mailbox is full, try again later"
     TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
     TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
     BARE_LINE_END = "550 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
@@ -495,6 +496,13 @@ class MxHandler:
             return Reply.TEMPFAIL, f"storage({e})", canonical, None
         status = resolution.status
         if status is RecipientStatus.LOCAL:
+            try:
+                full = await self._over_quota(resolution.users, envelope)
+            except StorageError as e:
+                metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
+                return Reply.TEMPFAIL, f"storage({e})", canonical, None
+            if full is not None:
+                return Reply.MAILBOX_FULL, f"over_quota(user=<{_safe(full.address)}>)", canonical, None
             return Reply.RECIPIENT_OK, "", canonical, [u.id for u in resolution.users]
         if status is RecipientStatus.NOT_LOCAL:
             # The MX never relays; authenticated submission is another service.
@@ -507,6 +515,21 @@ class MxHandler:
             RecipientStatus.FORWARD_UNAVAILABLE: Reply.FORWARD_UNAVAILABLE,
         }[status]
         return reply, status.value + (f"({resolution.detail})" if resolution.detail else ""), canonical, None
+
+    async def _over_quota(self, users: list[User], envelope: PymailEnvelope) -> User | None:
+        """The first of `users` whose quota (``virtual_users.quota``, 0 = none) this
+        message would exceed: what the user keeps now plus the size the client declared
+        with MAIL SIZE= (RFC 1870; 0 when it did not).  The whole recipient is refused
+        then (``452 4.2.2``, temporary: the sender retries once the user made room), an
+        alias included, rather than silently leaving one member's copy out."""
+        declared = 0
+        for option in envelope.mail_options:
+            if option.upper().startswith("SIZE=") and option[5:].isdigit():
+                declared = int(option[5:])
+        for user in users:
+            if user.quota and await self.deliverer.index.storage_used(user.id) + declared > user.quota:
+                return user
+        return None
 
     async def handle_DATA_REFUSED(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, reply: str,

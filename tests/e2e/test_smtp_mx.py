@@ -389,3 +389,35 @@ def test_sigterm_is_graceful(server: PymailServer) -> None:
     idle.close()
     assert "stopped" in server.log()
     assert len(server.inbox("alice@example.test")) == 1
+
+
+def test_mailbox_over_quota_is_a_temporary_refusal(server: PymailServer) -> None:
+    """virtual_users.quota on delivery: RCPT gets 452 4.2.2 when what the user keeps plus
+    the declared SIZE would exceed it (the sender retries later; nothing is bounced or
+    lost), for the user's address and for an alias reaching them."""
+    server.cli("user", "add", "carol@example.test", "--quota", "8KB", "--password-stdin", input="pw-carol\n")
+    server.cli("alias", "add", "team@example.test", "bob@example.test", "carol@example.test")
+    body = b"x" * 5000
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.sendmail("s@remote.example", ["carol@example.test"], b"Subject: one\r\n\r\n" + body)
+        # smtplib declares SIZE=: 5000 kept + 5000 more > 8 KiB
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("s@remote.example", ["carol@example.test"], b"Subject: two\r\n\r\n" + body)
+        code, text = refused.value.recipients["carol@example.test"]
+        assert (code, text[:5]) == (452, b"4.2.2")
+        # the alias is refused as a whole: bob's copy is not delivered behind carol's back
+        client.ehlo()
+        code, _ = client.mail("s@remote.example", ["SIZE=5000"])
+        assert code == 250
+        code, text = client.rcpt("team@example.test")
+        assert (code, text[:5]) == (452, b"4.2.2")
+        code, _ = client.rcpt("bob@example.test")
+        assert code == 250
+        client.rset()
+        # a small message still fits
+        client.sendmail("s@remote.example", ["carol@example.test"], b"Subject: three\r\n\r\nshort\r\n")
+    subjects = [blob.split(b"Subject: ")[1].split(b"\r\n")[0] for _, blob, _ in server.inbox("carol@example.test")]
+    assert subjects == [b"one", b"three"]
+    assert server.inbox("bob@example.test") == []
+    assert re.search(r"reject rip=127\.0\.0\.1 .*to=<carol@example\.test> reason=over_quota\(user=<carol@example\.test>\)",
+                     server.log())
