@@ -25,6 +25,19 @@ from pymail.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Return once 127.0.0.1:`port` accepts TCP connections (RuntimeError after
+    `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} does not accept connections")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,9 +112,16 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
             with contextlib.suppress(OSError):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(512).startswith(b"220"):
-                        return self
+                        break
             time.sleep(0.05)
-        raise RuntimeError(f"pymail did not start:\n{self.log()}")
+        else:
+            raise RuntimeError(f"pymail did not start:\n{self.log()}")
+        # the other listeners are bound right after the MX: wait for each of them too
+        for port in (self.submission_port, self.submissions_port, self.imaps_port, self.imap_port,
+                     self.pop3s_port, self.pop3_port, self.http_port):
+            if port is not None:
+                wait_for_port(port, max(deadline - time.monotonic(), 1.0))
+        return self
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""

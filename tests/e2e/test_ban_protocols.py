@@ -18,8 +18,7 @@ import pytest
 
 from tests.conftest import StorageSetup
 from tests.e2e.imap_login import imap_login
-from tests.e2e.test_imap import _wait_for_port
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -36,7 +35,7 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     try:
         for port in (srv.imaps_port, srv.pop3s_port, srv.submission_port, srv.submissions_port):
             assert port is not None
-            _wait_for_port(port)
+            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.e2e.test_imap import _wait_for_port
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 LIMIT = 3
 HOG = "127.0.0.4"
@@ -53,7 +52,7 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
         for port in (srv.imap_port, srv.imaps_port, srv.pop3_port, srv.pop3s_port,
                      srv.submission_port, srv.submissions_port):
             assert port is not None
-            _wait_for_port(port)
+            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

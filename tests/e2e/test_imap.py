@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -44,15 +44,6 @@ MESSAGE = (
 )
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 @pytest.fixture
@@ -64,8 +55,8 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.start()
     try:
         assert srv.imaps_port is not None and srv.imap_port is not None
-        _wait_for_port(srv.imaps_port)
-        _wait_for_port(srv.imap_port)
+        wait_for_port(srv.imaps_port)
+        wait_for_port(srv.imap_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

@@ -9,7 +9,6 @@ import asyncio
 import re
 import shutil
 import smtplib
-import socket
 import ssl
 import subprocess
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -39,15 +38,6 @@ def make_message(n: int) -> bytes:
     )
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 @pytest.fixture
@@ -58,7 +48,7 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.start()
     try:
         assert srv.imaps_port is not None
-        _wait_for_port(srv.imaps_port)
+        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

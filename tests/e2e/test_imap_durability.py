@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import imaplib
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +27,12 @@ TARGET = 150  # acknowledged APPENDs before the kill
 APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 def start(srv: PymailServer) -> PymailServer:
     srv.start()
     assert srv.imaps_port is not None
-    _wait_for_port(srv.imaps_port)
+    wait_for_port(srv.imaps_port)
     return srv
 
 

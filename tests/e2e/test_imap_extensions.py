@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup, make_storage
-from tests.e2e.test_imap import MESSAGE, _wait_for_port, tagged, transact
-from tests.pymail_harness import PymailServer
+from tests.e2e.test_imap import MESSAGE, tagged, transact
+from tests.pymail_harness import PymailServer, wait_for_port
 
 ALICE = "alice@example.test"
 QUOTA_USER = "quota@example.test"
@@ -58,7 +58,7 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.start()
     try:
         assert srv.imaps_port is not None
-        _wait_for_port(srv.imaps_port)
+        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
@@ -286,8 +286,8 @@ def test_idle_sees_changes_made_on_another_node(tmp_path: Path, request) -> None
     node_a.start()
     node_b.start()
     try:
-        _wait_for_port(node_a.imaps_port)
-        _wait_for_port(node_b.imaps_port)
+        wait_for_port(node_a.imaps_port)
+        wait_for_port(node_b.imaps_port)
         deliver(node_b, MESSAGE)
         watcher = login(node_a)
         ok(transact(watcher, "SELECT INBOX"))

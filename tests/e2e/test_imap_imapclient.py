@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 imapclient = pytest.importorskip("imapclient", minversion="3")
 
@@ -48,15 +47,6 @@ def make_message(n: int) -> bytes:
     )
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 @pytest.fixture
@@ -68,7 +58,7 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.start()
     try:
         assert srv.imaps_port is not None
-        _wait_for_port(srv.imaps_port)
+        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

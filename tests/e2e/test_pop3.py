@@ -25,28 +25,19 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import BACKEND_PAIRS, StorageSetup, make_storage
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 PASSWORD = "secret-pw"
 CHUNK = 256 * 1024  # the server's blob read size (pymail.net.pop3.session.CHUNK)
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 def start(srv: PymailServer) -> PymailServer:
     srv.start()
     for port in (srv.pop3s_port, srv.pop3_port, srv.imaps_port):
         assert port is not None
-        _wait_for_port(port)
+        wait_for_port(port)
     return srv
 
 

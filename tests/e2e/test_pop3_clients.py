@@ -12,30 +12,19 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BACKEND_PAIRS, make_storage
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 PASSWORD = "secret-pw"
 HOSTNAME = "mx.test.example"  # the name in the embedded default's certificate
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
 
 
 @pytest.fixture(scope="module", params=BACKEND_PAIRS)
@@ -50,7 +39,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     try:
         for port in (srv.pop3s_port, srv.pop3_port, srv.imaps_port):
             assert port is not None
-            _wait_for_port(port)
+            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

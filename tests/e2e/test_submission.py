@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.e2e.test_imap import _wait_for_port
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, wait_for_port
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -34,8 +33,8 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.start()
     try:
         assert srv.submission_port is not None and srv.submissions_port is not None
-        _wait_for_port(srv.submission_port)
-        _wait_for_port(srv.submissions_port)
+        wait_for_port(srv.submission_port)
+        wait_for_port(srv.submissions_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 
@@ -33,8 +32,8 @@ from pymail.auth.service import Authenticator
 from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, ImapSession, Logout
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
-from pymail.net.listen import bound_addresses
-from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
+from pymail.net.listen import READ_SIZE, StreamService
+from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.parser import CONNECTION_CLOSED, NEED_DATA, CommandReader, NeedContinuation
@@ -46,7 +45,6 @@ log = logging.getLogger("pymail.imap")
 
 AUTOLOGOUT_SECONDS = 30 * 60
 PREAUTH_TIMEOUT_SECONDS = 60
-READ_SIZE = 64 * 1024
 TOO_MANY_CONNECTIONS = "Too many connections from your address"
 
 
@@ -184,9 +182,11 @@ class ImapConnection:
         self.writer.close()
 
 
-class ImapService:
-    """One IMAP service (``imap`` or ``imaps``) on its addresses, and its connections.
-    The same shape as `pymail.net.smtp.SmtpService`: start / stop / connections."""
+class ImapService(StreamService):
+    """One IMAP service (``imap`` or ``imaps``) on its addresses, and its connections
+    (`StreamService`: listening, PROXY headers, stop)."""
+
+    connection_class = ImapConnection
 
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
@@ -197,65 +197,9 @@ class ImapService:
                  limiter: ConnectionLimiter | None = None) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
-        process so that they hold one change feed between them; `trusted_proxies` send
-        a PROXY header first; `limiter` (shared by every service of the process) counts
-        connections per client address."""
-        self.trusted_proxies = trusted_proxies or TrustedProxies()
-        self.limiter = limiter
-        self.name = name
+        process so that they hold one change feed between them."""
+        super().__init__(name, addresses, store, authenticator, ssl_context,
+                         implicit_tls=implicit_tls, reuse_port=reuse_port,
+                         trusted_proxies=trusted_proxies, limiter=limiter)
         self.append_limit = append_limit
         self.watcher = watcher if watcher is not None else MailboxWatcher(store)
-        self.addresses = addresses
-        self.store = store
-        self.authenticator = authenticator
-        self.ssl_context = ssl_context
-        self.implicit_tls = implicit_tls
-        self.reuse_port = reuse_port
-        self.connections: set[ImapConnection] = set()
-        self.servers: list[asyncio.AbstractServer | ProxyListener] = []
-
-    def _protocol(self, client: ClientAddress | None) -> asyncio.StreamReaderProtocol:
-        """What `asyncio.start_server` makes per connection, knowing the client."""
-        reader = asyncio.StreamReader(limit=READ_SIZE)
-        return asyncio.StreamReaderProtocol(reader, functools.partial(self._handle, client=client))
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                      client: ClientAddress | None = None) -> None:
-        connection = ImapConnection(self, reader, writer, tls=self.implicit_tls, client=client)
-        connection.task = asyncio.current_task()
-        self.connections.add(connection)
-        try:
-            await connection.serve()
-        except asyncio.CancelledError:
-            # `shutdown` cancelled the connection: the task ends normally, else the
-            # StreamReaderProtocol of Python 3.11 logs the cancellation as an error.
-            pass
-        finally:
-            self.connections.discard(connection)
-
-    async def start(self) -> list[str]:
-        """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
-        bound = []
-        for host, port in self.addresses:
-            server = await start_listener(
-                self.name, self._protocol, host, port,
-                tls=self.ssl_context if self.implicit_tls else None,
-                trusted=self.trusted_proxies, reuse_port=self.reuse_port,
-            )
-            self.servers.append(server)
-            bound += bound_addresses(server.sockets)
-        return bound
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let commands in progress finish (up to `grace` s), say BYE."""
-        for server in self.servers:
-            server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(c.busy for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for connection in list(self.connections):
-            await connection.shutdown()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)

@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 
 from pymail.auth.service import Authenticator
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
-from pymail.net.listen import bound_addresses
+from pymail.net.listen import READ_SIZE, StreamService
 from pymail.net.pop3.session import Logout, MaildropLocks, Pop3Session
-from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
+from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.pop3 import responses as r
 from pymail.proto.pop3.errors import CommandError
 from pymail.proto.pop3.reader import CONNECTION_CLOSED, NEED_DATA, Command, CommandReader
@@ -50,7 +49,6 @@ log = logging.getLogger("pymail.pop3")
 
 AUTOLOGOUT_SECONDS = 10 * 60
 PREAUTH_TIMEOUT_SECONDS = AUTOLOGOUT_SECONDS  # RFC 1939 section 3: in every state
-READ_SIZE = 64 * 1024
 TOO_MANY_CONNECTIONS = "Too many connections from your address"
 
 
@@ -179,73 +177,19 @@ class Pop3Connection:
         self.writer.close()
 
 
-class Pop3Service:
-    """One POP3 service (``pop3`` or ``pop3s``) on its addresses, and its connections.
-    The same shape as `pymail.net.imap.ImapService`: start / stop / connections.
-    ``locks`` is shared with the other POP3 service of the same worker."""
+class Pop3Service(StreamService):
+    """One POP3 service (``pop3`` or ``pop3s``) on its addresses, and its connections
+    (`StreamService`: listening, PROXY headers, stop).  ``locks`` is shared with the
+    other POP3 service of the same worker."""
+
+    connection_class = Pop3Connection
 
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
                  implicit_tls: bool, locks: MaildropLocks | None = None,
                  reuse_port: bool = False, trusted_proxies: TrustedProxies | None = None,
                  limiter: ConnectionLimiter | None = None) -> None:
-        """`trusted_proxies` send a PROXY header first; `limiter` (shared by every
-        service of the process) counts connections per client address."""
-        self.name = name
-        self.trusted_proxies = trusted_proxies or TrustedProxies()
-        self.limiter = limiter
-        self.addresses = addresses
-        self.store = store
-        self.authenticator = authenticator
-        self.ssl_context = ssl_context
-        self.implicit_tls = implicit_tls
+        super().__init__(name, addresses, store, authenticator, ssl_context,
+                         implicit_tls=implicit_tls, reuse_port=reuse_port,
+                         trusted_proxies=trusted_proxies, limiter=limiter)
         self.locks = locks if locks is not None else MaildropLocks()
-        self.reuse_port = reuse_port
-        self.connections: set[Pop3Connection] = set()
-        self.servers: list[asyncio.AbstractServer | ProxyListener] = []
-
-    def _protocol(self, client: ClientAddress | None) -> asyncio.StreamReaderProtocol:
-        """What `asyncio.start_server` makes per connection, knowing the client."""
-        reader = asyncio.StreamReader(limit=READ_SIZE)
-        return asyncio.StreamReaderProtocol(reader, functools.partial(self._handle, client=client))
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                      client: ClientAddress | None = None) -> None:
-        connection = Pop3Connection(self, reader, writer, tls=self.implicit_tls, client=client)
-        connection.task = asyncio.current_task()
-        self.connections.add(connection)
-        try:
-            await connection.serve()
-        except asyncio.CancelledError:
-            # `shutdown` cancelled the connection: the task ends normally, else the
-            # StreamReaderProtocol of Python 3.11 logs the cancellation as an error.
-            pass
-        finally:
-            self.connections.discard(connection)
-
-    async def start(self) -> list[str]:
-        """Bind every address; returns them as "host:port" (the real port if 0 was asked)."""
-        bound = []
-        for host, port in self.addresses:
-            server = await start_listener(
-                self.name, self._protocol, host, port,
-                tls=self.ssl_context if self.implicit_tls else None,
-                trusted=self.trusted_proxies, reuse_port=self.reuse_port,
-            )
-            self.servers.append(server)
-            bound += bound_addresses(server.sockets)
-        return bound
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let commands in progress finish (up to `grace` s), close."""
-        for server in self.servers:
-            server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(c.busy for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for connection in list(self.connections):
-            await connection.shutdown()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
