@@ -166,8 +166,8 @@ class Worker:
             max_recipients=cfg.limits.recipients,
             service="submission",
         )
-        # (name, handler, TLS, implicit TLS, STARTTLS required, SASL): the MX offers
-        # STARTTLS to whoever wants it (RFC 3207); submission insists on TLS and AUTH.
+        # (name, handler, implicit TLS, authenticated submission): the MX offers STARTTLS
+        # to whoever wants it (RFC 3207); submission insists on TLS, then AUTH.
         smtp_services = (
             ("smtp", handler, False, False),
             ("submission", submission_handler, False, True),
@@ -197,14 +197,7 @@ class Worker:
                 trusted_proxies=trusted,
                 limiter=self.limiter,
             )
-            try:
-                bound = await smtp.start()
-            except OSError as e:
-                await smtp.stop(0)
-                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
-            self.services.append(smtp)
-            tls = "implicit TLS" if implicit_tls else "STARTTLS"
-            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
+            lines += await self._bind(name, smtp, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         watcher = MailboxWatcher(self.store)  # one change feed for both IMAP services
         for name, implicit_tls in (("imaps", True), ("imap", False)):
             addresses = getattr(cfg.listen, name)
@@ -223,14 +216,7 @@ class Worker:
                 trusted_proxies=trusted,
                 limiter=self.limiter,
             )
-            try:
-                bound = await imap.start()
-            except OSError as e:
-                await imap.stop(0)
-                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
-            self.services.append(imap)
-            tls = "implicit TLS" if implicit_tls else "STARTTLS"
-            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
+            lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s
         for name, implicit_tls in (("pop3s", True), ("pop3", False)):
             addresses = getattr(cfg.listen, name)
@@ -248,14 +234,7 @@ class Worker:
                 trusted_proxies=trusted,
                 limiter=self.limiter,
             )
-            try:
-                bound = await pop3.start()
-            except OSError as e:
-                await pop3.stop(0)
-                raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
-            self.services.append(pop3)
-            tls = "implicit TLS" if implicit_tls else "STLS"
-            lines += [f"{name} ({tls}) listening on {a}" for a in bound]
+            lines += await self._bind(name, pop3, addresses, "implicit TLS" if implicit_tls else "STLS")
         if cfg.listen.http:
             http = HttpService(
                 [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port
@@ -283,6 +262,18 @@ class Worker:
             except ValueError as e:
                 raise StartupError(str(e)) from None
         return self.authenticator
+
+    async def _bind(self, name: str, service: SmtpService | ImapService | Pop3Service,
+                    addresses: list[str], tls: str) -> list[str]:
+        """Start `service` on its addresses; the start-up log lines.  A port that cannot
+        be bound stops the start with one line naming the setting."""
+        try:
+            bound = await service.start()
+        except OSError as e:
+            await service.stop(0)
+            raise StartupError(f"listen.{name}: cannot listen on {addresses}: {e.strerror or e}") from None
+        self.services.append(service)
+        return [f"{name} ({tls}) listening on {a}" for a in bound]
 
     async def _connection_gate(self, client_ip: str) -> str | None:
         """What SMTP says to a client before the greeting: ``421 4.7.0`` to a banned
