@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -223,3 +224,20 @@ def test_store_gc_deletes_old_orphans_only(srv: PymailServer) -> None:
     assert srv.blob_keys() == [kept]
     assert one_line_error(srv.cli("store", "gc", "--grace", "5", check=False)).endswith(
         "--grace must be at least 60 seconds (deliveries in progress need it)")
+
+
+@pytest.mark.parametrize("service", ["submissions", "imaps", "pop3s"])
+def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path, service: str) -> None:
+    srv = PymailServer(tmp_path, **{service: True})
+    port = getattr(srv, f"{service}_port")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "pymail", "serve", "--config", str(srv.config_path)],
+            capture_output=True, text=True, env=srv.env, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert f"listen.{service}: cannot listen on ['127.0.0.1:{port}']" in errors[0]
+    assert "Traceback" not in result.stderr
