@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import StorageSetup
 from tests.e2e.imap_login import imap_login
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -33,9 +33,6 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.add_user(ALICE)
     srv.start()
     try:
-        for port in (srv.imaps_port, srv.pop3s_port, srv.submission_port, srv.submissions_port):
-            assert port is not None
-            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

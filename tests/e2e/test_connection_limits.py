@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 LIMIT = 3
 HOG = "127.0.0.4"
@@ -49,10 +49,6 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
                        extra_config=f"[limits]\nconnections_per_ip = {LIMIT}\n")
     srv.start()
     try:
-        for port in (srv.imap_port, srv.imaps_port, srv.pop3_port, srv.pop3s_port,
-                     srv.submission_port, srv.submissions_port):
-            assert port is not None
-            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

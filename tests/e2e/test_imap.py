@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -44,8 +44,6 @@ MESSAGE = (
 )
 
 
-
-
 @pytest.fixture
 def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     """pymail with IMAPS and IMAP (STARTTLS), users alice and bob, on each pair."""
@@ -54,9 +52,6 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.add_user(BOB)
     srv.start()
     try:
-        assert srv.imaps_port is not None and srv.imap_port is not None
-        wait_for_port(srv.imaps_port)
-        wait_for_port(srv.imap_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import smtplib
 import ssl
 import subprocess
 import threading
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.e2e.test_imap import deliver
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -38,8 +38,6 @@ def make_message(n: int) -> bytes:
     )
 
 
-
-
 @pytest.fixture
 def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     (tmp_path / "srv").mkdir()
@@ -47,17 +45,10 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.add_user(ALICE, PASSWORD)
     srv.start()
     try:
-        assert srv.imaps_port is not None
-        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.stop()
-
-
-def deliver(server: PymailServer, message: bytes, to: str = ALICE) -> None:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
-        client.sendmail("carol@remote.example", [to], message)
 
 
 def crlf(data: bytes) -> bytes:

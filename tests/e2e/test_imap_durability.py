@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +27,8 @@ TARGET = 150  # acknowledged APPENDs before the kill
 APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 
 
-
-
 def start(srv: PymailServer) -> PymailServer:
-    srv.start()
-    assert srv.imaps_port is not None
-    wait_for_port(srv.imaps_port)
-    return srv
+    return srv.start()  # returns once every configured listener accepts
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import imaplib
 import re
-import smtplib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup, make_storage
-from tests.e2e.test_imap import MESSAGE, tagged, transact
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.e2e.test_imap import MESSAGE, deliver, tagged, transact
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 QUOTA_USER = "quota@example.test"
@@ -57,17 +56,10 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.cli("user", "add", QUOTA_USER, "--quota", "8KB", "--password-stdin", input=PASSWORD + "\n")
     srv.start()
     try:
-        assert srv.imaps_port is not None
-        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.stop()
-
-
-def deliver(server: PymailServer, message: bytes, to: str = ALICE) -> None:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
-        client.sendmail("carol@remote.example", [to], message)
 
 
 def login(server: PymailServer, user: str = ALICE) -> imaplib.IMAP4_SSL:
@@ -286,8 +278,6 @@ def test_idle_sees_changes_made_on_another_node(tmp_path: Path, request) -> None
     node_a.start()
     node_b.start()
     try:
-        wait_for_port(node_a.imaps_port)
-        wait_for_port(node_b.imaps_port)
         deliver(node_b, MESSAGE)
         watcher = login(node_a)
         ok(transact(watcher, "SELECT INBOX"))

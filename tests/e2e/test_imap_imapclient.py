@@ -16,7 +16,6 @@ with what the store holds, and every UID is the exact one the RFCs make it:
 from __future__ import annotations
 
 import datetime as dt
-import smtplib
 import ssl
 import time
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.e2e.test_imap import deliver
+from tests.pymail_harness import PymailServer
 
 imapclient = pytest.importorskip("imapclient", minversion="3")
 
@@ -47,8 +47,6 @@ def make_message(n: int) -> bytes:
     )
 
 
-
-
 @pytest.fixture
 def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     """pymail with IMAPS and user alice, on each backend pair."""
@@ -57,17 +55,10 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.add_user(ALICE, PASSWORD)
     srv.start()
     try:
-        assert srv.imaps_port is not None
-        wait_for_port(srv.imaps_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.stop()
-
-
-def deliver(server: PymailServer, message: bytes, to: str = ALICE) -> None:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
-        client.sendmail("carol@remote.example", [to], message)
 
 
 def connect(server: PymailServer):

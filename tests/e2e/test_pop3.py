@@ -25,20 +25,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import BACKEND_PAIRS, StorageSetup, make_storage
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 PASSWORD = "secret-pw"
 CHUNK = 256 * 1024  # the server's blob read size (pymail.net.pop3.session.CHUNK)
 
 
-
-
 def start(srv: PymailServer) -> PymailServer:
-    srv.start()
-    for port in (srv.pop3s_port, srv.pop3_port, srv.imaps_port):
-        assert port is not None
-        wait_for_port(port)
-    return srv
+    return srv.start()  # returns once every configured listener accepts
 
 
 LENIENT_BANS = "[auth.ban]\nmax_failures = 1000\naccount_max_failures = 0\n"

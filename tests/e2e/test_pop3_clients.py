@@ -19,12 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BACKEND_PAIRS, make_storage
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 PASSWORD = "secret-pw"
 HOSTNAME = "mx.test.example"  # the name in the embedded default's certificate
-
-
 
 
 @pytest.fixture(scope="module", params=BACKEND_PAIRS)
@@ -37,9 +35,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     srv.add_user("postmaster@example.test", PASSWORD)
     srv.start()
     try:
-        for port in (srv.pop3s_port, srv.pop3_port, srv.imaps_port):
-            assert port is not None
-            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

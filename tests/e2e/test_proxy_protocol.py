@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -56,10 +56,6 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.add_user(ALICE)
     srv.start()
     try:
-        for port in (srv.imap_port, srv.imaps_port, srv.pop3_port, srv.pop3s_port,
-                     srv.submission_port, srv.submissions_port):
-            assert port is not None
-            wait_for_port(port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer, wait_for_port
+from tests.pymail_harness import PymailServer
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -32,9 +32,6 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
     srv.cli("alias", "add", ALIAS, ALICE)
     srv.start()
     try:
-        assert srv.submission_port is not None and srv.submissions_port is not None
-        wait_for_port(srv.submission_port)
-        wait_for_port(srv.submissions_port)
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
