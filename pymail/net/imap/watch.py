@@ -16,7 +16,9 @@ Invariants:
   watcher restarts the feed on the next registration after `RETRY_SECONDS`; sessions
   keep a slow poll (`ImapSession` IDLE) as a fallback, so a broken feed delays updates
   but never hides them.
-* The feed task stops when the last waiter leaves, so an idle server holds no feed.
+* The feed task stops `LINGER_SECONDS` after the last waiter left, so a server with
+  no idling client holds no feed, and a client that re-enters IDLE after each command
+  does not reopen it every time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger("pymail.imap")
 RETRY_SECONDS = 5.0  #: wait this long before reopening a failed feed
 POLL_SECONDS = 1.0  #: how often an idling session looks while there is no feed
 FALLBACK_POLL_SECONDS = 30.0  #: and while the feed runs (a safety net)
+LINGER_SECONDS = 60.0  #: the feed keeps running this long after the last waiter left
 
 
 class MailboxWatcher:
@@ -44,6 +47,7 @@ class MailboxWatcher:
         self._task: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
         self._listening = asyncio.Event()  # set while the feed's iterator is listening
+        self._linger: asyncio.TimerHandle | None = None  # stops the feed once unused
 
     @property
     def available(self) -> bool:
@@ -52,16 +56,27 @@ class MailboxWatcher:
 
     def register(self, mailbox_id: int) -> asyncio.Event:
         """An event set whenever `mailbox_id` changes (and when the feed fails)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         event = asyncio.Event()
         self._waiters[mailbox_id].add(event)
         return event
 
     def unregister(self, mailbox_id: int, event: asyncio.Event) -> None:
+        """Stop waking `event`.  The feed outlives its last waiter by `LINGER_SECONDS`:
+        clients end IDLE for every command and start it again, and reopening the
+        feed (a database connection) each time would cost more than keeping it."""
         waiters = self._waiters.get(mailbox_id)
         if waiters is not None:
             waiters.discard(event)
             if not waiters:
                 del self._waiters[mailbox_id]
+        if not self._waiters and self._task is not None and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._stop_if_unused)
+
+    def _stop_if_unused(self) -> None:
+        self._linger = None
         if not self._waiters and self._task is not None:
             self._task.cancel()
             self._task = None
@@ -119,6 +134,9 @@ class MailboxWatcher:
                     event.set()
 
     async def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

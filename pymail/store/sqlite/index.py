@@ -727,7 +727,15 @@ class SqliteChangeStream:
             async with self._lock:
                 if self._closed or self._conn is None:
                     raise StopAsyncIteration
-                self._items.extend(await asyncio.to_thread(self._poll_sync, self._conn))
+                # A cancelled await must not release the lock while the thread still
+                # uses the connection (aclose would close it under the poll): wait for
+                # the thread, then let the cancellation through.
+                poll = asyncio.ensure_future(asyncio.to_thread(self._poll_sync, self._conn))
+                try:
+                    self._items.extend(await asyncio.shield(poll))
+                except asyncio.CancelledError:
+                    await asyncio.wait({poll})
+                    raise
             if self._items:
                 break
             self._wake.clear()
@@ -746,4 +754,4 @@ class SqliteChangeStream:
         async with self._lock:  # not while a poll uses the connection
             conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            await asyncio.to_thread(conn.close)  # never block the event loop on SQLite
