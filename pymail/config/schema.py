@@ -139,6 +139,19 @@ class ServerConfig(_Section):
         pattern="^(debug|info|warning|error)$",
         description="Least severe log level written to stderr: debug, info, warning, error.",
     )
+    postmaster: str | None = Field(
+        default=None,
+        description="Where mail to the bare address <postmaster> goes (RFC 5321 section "
+        "4.5.1 requires accepting it): an address routed like any other. Default: "
+        "postmaster@ the host name's parent domain (mail.example.com -> "
+        "postmaster@example.com).",
+    )
+    loop_watchdog: Duration = Field(
+        default=0.0,
+        description="Debugging: when above 0, log a warning with the stack of the code "
+        "that held the event loop for longer than this many seconds (e.g. 0.1). Off by "
+        "default; the test suite turns it on.",
+    )
     proxy_protocol_from: list[str] = Field(
         default=[],
         description="Load balancers (addresses or networks, e.g. [\"10.0.0.0/8\"]) whose "
@@ -153,6 +166,26 @@ class ServerConfig(_Section):
     @classmethod
     def _proxy_networks(cls, value: list[str]) -> list[str]:
         return _networks(value)
+
+    @field_validator("postmaster")
+    @classmethod
+    def _postmaster(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not local or "." not in domain:
+            raise ValueError(f"invalid address {value!r} (expected e.g. \"postmaster@example.com\")")
+        return f"{local}@{domain.lower()}"
+
+    @property
+    def postmaster_address(self) -> str:
+        """`postmaster`, or postmaster@ the host name's parent domain (the host name
+        itself when it has only two labels)."""
+        if self.postmaster:
+            return self.postmaster
+        labels = self.hostname.lower().rstrip(".").split(".")
+        domain = ".".join(labels[1:]) if len(labels) > 2 else ".".join(labels)
+        return f"postmaster@{domain}"
 
 
 class ListenConfig(_Section):
@@ -280,6 +313,14 @@ class StorageConfig(_Section):
         description="Seconds between orphan-blob sweeps in the daemon; 0 turns the periodic "
         "sweep off (`pymail store gc` still works).",
     )
+    min_free_space: Size | None = Field(
+        default=None,
+        description="Free space the local file systems pymail writes to (data_dir, the "
+        "SQLite index, file blobs) must keep: below it new mail is refused with 452 4.3.1 "
+        "(IMAP APPEND/COPY: NO [OVERQUOTA]) while flag changes and expunges go on, and "
+        "/healthz says disk full. Default: 1.5 x limits.message_size (Postfix's "
+        "queue_minfree rule).",
+    )
     s3: S3Config = Field(default_factory=S3Config, description="S3/MinIO for s3:// blobs.")
     postgres: PostgresConfig = Field(
         default_factory=PostgresConfig, description="Pool for a postgresql:// index."
@@ -334,6 +375,81 @@ class LimitsConfig(_Section):
         "process, all services together (SMTP, submission, IMAP, POP3); more are refused "
         "(SMTP 421 4.7.0, IMAP BYE, POP3 -ERR [SYS/TEMP]). Counted per worker process. "
         "0: no limit.",
+    )
+    connection_rate_per_ip: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="New connections one client address may open per minute to one pymail "
+        "process, all mail services together (Postfix's smtpd_client_connection_rate_limit); "
+        "more are refused like connections_per_ip. Counted per worker process. 0: no limit.",
+    )
+    command_timeout: Duration = Field(
+        default=60.0,
+        ge=1.0,
+        description="Seconds in which a command line must arrive complete once its first "
+        "byte has (SMTP, IMAP, POP3; a deadline, not restarted by each byte: a client "
+        "trickling a command is cut off). Literal data and DATA content have min_data_rate "
+        "instead.",
+    )
+    min_data_rate: Size = Field(
+        default=500,
+        ge=1,
+        description="Bytes per second a client must keep up on average while it sends "
+        "message content (SMTP DATA, IMAP literals), counted from the start of the content "
+        "with command_timeout of grace (Postfix's smtpd_min_data_rate). Slower: disconnected.",
+    )
+    login_timeout: Duration = Field(
+        default=60.0,
+        ge=1.0,
+        description="Seconds from connect in which a client of IMAP, POP3 or submission must "
+        "have logged in; counted from connect, whatever it sends meanwhile.",
+    )
+    send_timeout: Duration = Field(
+        default=60.0,
+        ge=1.0,
+        description="Seconds a client may leave pymail's output unread (a full send buffer "
+        "that does not drain) before it is disconnected and its buffers freed.",
+    )
+    spool_threshold: Size = Field(
+        default=parse_size("1MB"),
+        ge=64 * 1024,
+        description="Message content larger than this (SMTP DATA) is spooled to a file under "
+        "data_dir/spool while it arrives instead of being held in memory.",
+    )
+    prelogin_literal: Size = Field(
+        default=parse_size("8KB"),
+        ge=1024,
+        le=parse_size("1MB"),
+        description="Largest IMAP literal taken before login (a LOGIN password); a larger one "
+        "is refused before it is read (a non-synchronising one ends the connection).",
+    )
+    mailboxes_per_user: int = Field(
+        default=1000,
+        ge=10,
+        le=1_000_000,
+        description="Most mailboxes (folders) one user may have; CREATE past it gets NO [LIMIT].",
+    )
+    mailbox_name_length: int = Field(
+        default=255,
+        ge=16,
+        le=4096,
+        description="Longest mailbox name, in octets of UTF-8, hierarchy included; longer "
+        "names get NO [LIMIT].",
+    )
+    mailbox_depth: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Most hierarchy levels in a mailbox name (a/b/c is 3); deeper names get "
+        "NO [LIMIT].",
+    )
+    fetch_sections: int = Field(
+        default=100,
+        ge=8,
+        le=100_000,
+        description="Most body sections (BODY[...], BINARY[...], RFC822...) one IMAP FETCH "
+        "may ask for per message; more get BAD.",
     )
 
 
@@ -523,3 +639,16 @@ class Config(_Section):
     @property
     def tls_dir(self) -> Path:
         return self.server.data_dir / "tls"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where message content over ``limits.spool_threshold`` is spooled while it
+        arrives (always local, whatever the storage backends)."""
+        return self.server.data_dir / "spool"
+
+    @property
+    def min_free_space(self) -> int:
+        """``storage.min_free_space``, or 1.5 x ``limits.message_size``."""
+        if self.storage.min_free_space is not None:
+            return self.storage.min_free_space
+        return self.limits.message_size * 3 // 2
