@@ -453,6 +453,36 @@ class LimitsConfig(_Section):
     )
 
 
+class DnsConfig(_Section):
+    """How pymail asks DNS (outbound MX lookups, MTA-STS, DANE, SPF/DKIM/DMARC checks)."""
+
+    nameservers: list[str] = Field(
+        default=[],
+        description="Addresses of the resolvers to ask (e.g. [\"127.0.0.1\"] for a local "
+        "unbound, which DANE needs: it trusts the AD bit of a validating resolver). Empty: "
+        "the system's resolver (/etc/resolv.conf).",
+    )
+    port: int = Field(default=53, ge=1, le=65535, description="Port of the nameservers.")
+    timeout: Duration = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds one lookup may take in all (every server and retry); past it "
+        "the answer is a temporary failure.",
+    )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_address(str(item).strip())))
+            except ValueError:
+                raise ValueError(f"invalid nameserver address {item!r} (an IP address)") from None
+        return out
+
+
 _FILTER_FIELDS = frozenset({"localpart", "domain", "address"})
 
 
@@ -624,6 +654,7 @@ class Config(_Section):
         default_factory=StorageConfig, description="Index, directory and message storage."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Protocol limits.")
+    dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolvers.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig, description="Login: LDAP domains, failed-login bans."
     )
