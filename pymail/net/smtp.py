@@ -36,13 +36,8 @@ protocol adds:
   under ``limits.connections_per_ip`` (`pymail.net.limits`, ``421 4.7.0``) and pass the
   gate (bans).
 
-aiosmtpd internals pymail relies on (so pyproject.toml pins ``aiosmtpd<1.5``):
-overridden methods ``_handle_client`` (wrapped), ``_reset_timeout`` (aiosmtpd's one
-timer, replaced by ClientDeadlines), ``_create_envelope``, ``_getaddr``; the
-``_tls_protocol`` attribute (made a property: implicit TLS); read or set:
-``_timeout_handle`` (given the ClientDeadlines, which aiosmtpd cancels),
-``_timeout_duration``, ``_reader``, ``_call_handler_hook``, ``_set_post_data_state``.
-The submission subclass adds its own (pymail.net.submission).
+`PymailSMTP` relies on aiosmtpd internals (listed beside the class), so pyproject.toml
+pins ``aiosmtpd<1.5``.
 
 Invariants: no client input reaches a reply or a log line unsanitised; an exception in
 a handler becomes a 451 (never a traceback to the client, never a silent accept); a
@@ -109,6 +104,20 @@ def _tls_failure(error: BaseException | None) -> str:
 
 class PymailSMTP(SMTP):
     """aiosmtpd's protocol with pymail's DATA path, deadlines, replies and addresses."""
+
+    # aiosmtpd 1.4 internals this class relies on (pyproject.toml pins aiosmtpd<1.5;
+    # check each of them before raising the pin):
+    # * private methods overridden: _handle_client (wrapped: limit, gate, hang-ups),
+    #   _reset_timeout (its one timer, restarted per command, replaced by
+    #   ClientDeadlines), _create_envelope, _getaddr;
+    # * private attribute replaced: _tls_protocol (a property: implicit TLS counts);
+    # * private attributes read or set: _timeout_handle (set to the ClientDeadlines,
+    #   which aiosmtpd's connection_lost cancels), _timeout_duration (smtp_timeout),
+    #   _reader (DATA content, AUTH answers);
+    # * private methods called: _call_handler_hook, _set_post_data_state;
+    # * public methods overridden: push, handle_exception, connection_made,
+    #   connection_lost, data_received, smtp_EHLO, smtp_HELO, smtp_STARTTLS, smtp_QUIT,
+    #   smtp_DATA.  The submission subclass adds its own (pymail.net.submission).
 
     #: aiosmtpd sizes its StreamReader with this; a larger buffer lets DATA be read in
     #: big chunks.  Command lines stay limited by `command_size_limit` (512, RFC 5321

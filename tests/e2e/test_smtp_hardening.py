@@ -419,6 +419,22 @@ def test_auth_mechanisms_are_plain_and_login_only(tls_server: PymailServer) -> N
     assert_no_errors(tls_server)  # item 11: no "Session.login_data is deprecated" either
 
 
+def test_a_submission_login_logs_no_deprecation_warning(tls_server: PymailServer) -> None:
+    """Item 11: every submission login logged "WARNING mail.log: Session.login_data is
+    deprecated" (aiosmtpd set it itself after an AuthResult); the login now goes
+    through aiosmtpd's documented handle_AUTH hook."""
+    for login in ("login", "plain"):
+        client = smtplib.SMTP("127.0.0.1", tls_server.submission_port, timeout=30)
+        client.starttls(context=tls_context(tls_server))
+        client.ehlo("client.example")
+        client.user, client.password = ALICE, PASSWORD
+        client.auth(login.upper(), getattr(client, f"auth_{login}"))
+        assert client.mail(ALICE)[0] == 250  # the session is authenticated
+        client.quit()
+    time.sleep(0.3)
+    assert "login_data" not in tls_server.log()
+
+
 def test_starttls_inside_tls_is_refused(tls_server: PymailServer) -> None:
     """Item 8: a second STARTTLS was accepted (a nested handshake succeeded on 25 and
     587; 465 answered 454), and a client leaving during that handshake put Python 3.11's
