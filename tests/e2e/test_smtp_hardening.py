@@ -15,6 +15,7 @@ import smtplib
 import socket
 import ssl
 import stat
+import subprocess
 import threading
 import time
 import warnings
@@ -533,3 +534,43 @@ def test_a_client_that_hangs_up_is_one_info_line(
     else:
         assert "TLS handshake failed (the client hung up)" in line
     assert_no_errors(tls_server)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs to put a data_dir on (needs CAP_SYS_ADMIN: root in a container)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_spool_is_452_and_the_session_goes_on(small_disk: Path) -> None:
+    """A message that does not fit on the spool's file system (ENOSPC) is read to its
+    end and refused with 452 4.3.1 (temporary: the sender retries), not 451; nothing
+    is left in the spool, and a message that fits is delivered on the same session."""
+    srv = PymailServer(small_disk)
+    srv.add_user(ALICE)
+    srv.start()
+    try:
+        _, too_big_for_the_disk = big_message(7 * 1000 * 1000, "does not fit")
+        raw = Raw(srv.port)
+        raw.cmd(b"EHLO x.example")
+        for wire, expected in ((too_big_for_the_disk, b"452 4.3.1"), (b"Subject: fits\r\n\r\nok\r\n", b"250 2.0.0")):
+            assert raw.cmd(b"MAIL FROM:<a@remote.example>").startswith(b"250")
+            assert raw.cmd(f"RCPT TO:<{ALICE}>".encode()).startswith(b"250")
+            assert raw.cmd(b"DATA").startswith(b"354")
+            raw.send(wire + b".\r\n")
+            assert raw.reply().startswith(expected)
+        raw.cmd(b"QUIT")
+        assert spool_files(srv) == []
+        assert [b"Subject: fits" in blob for _, blob, _ in srv.inbox(ALICE)] == [True]
+    finally:
+        srv.stop()
+    assert_no_errors(srv)
