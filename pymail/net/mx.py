@@ -7,8 +7,8 @@
 * **Trace headers** (Return-Path, Received; pymail.mail.trace) are made when DATA starts,
   so the content can be hashed and spooled with them as it arrives.
 * **Delivery**: ``250`` only after `LocalDeliverer` made the message durable for every
-  accepted recipient; a storage failure is ``451 4.3.0`` (``452 4.3.1`` when a file
-  system is full), never a silent accept (docs/architecture.md, "The durability rule").
+  accepted recipient; a storage failure is ``451 4.3.0`` (``452 4.3.1`` when the
+  spool's or the blobs' file system is full: ENOSPC), never a silent accept (docs/architecture.md, "The durability rule").
   The delivery runs in a task of its own, shielded: a client that hangs up does not
   interrupt a store half-way.  The spool file, if any, is removed when it ends.
 
