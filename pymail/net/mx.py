@@ -8,9 +8,9 @@
   so the content can be hashed and spooled with them as it arrives.
 * **Delivery**: ``250`` only after `LocalDeliverer` made the message durable for every
   accepted recipient; a storage failure is ``451 4.3.0`` (``452 4.3.1`` when the
-  spool's or the blobs' file system is full: ENOSPC), never a silent accept (docs/architecture.md, "The durability rule").
-  The delivery runs in a task of its own, shielded: a client that hangs up does not
-  interrupt a store half-way.  The spool file, if any, is removed when it ends.
+  spool's or the blobs' file system is full: ENOSPC), never a silent accept
+  (docs/architecture.md, "The durability rule").  The delivery runs in a task of its
+  own, shielded: a client that hangs up does not interrupt a store half-way.  The spool file, if any, is removed when it ends.
 
 Each transaction and each refused recipient logs one line (``rip=``, ``helo=``,
 ``from=``, ``to=``, ``reply=``); no client input reaches a log line unsanitised.
