@@ -26,6 +26,7 @@ from pymail.config import Config
 from pymail.config.schema import split_hostport
 from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.router import Router
+from pymail.delivery.spool import Spool
 from pymail.net import sdnotify
 from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
@@ -34,7 +35,8 @@ from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.limits import ConnectionLimiter
 from pymail.net.pop3 import MaildropLocks, Pop3Service
 from pymail.net.proxy import TrustedProxies
-from pymail.net.smtp import MxHandler, SmtpService
+from pymail.net.mx import MxHandler
+from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
@@ -115,6 +117,17 @@ async def prepare_storage(config: Config, *, check_blobs: bool = True) -> Store:
     return store
 
 
+def prepare_spool(config: Config) -> None:
+    """Make the SMTP spool directory (0700) and remove the files a previous run left
+    there (nobody acknowledged them: a 250 comes only after the blob is durable)."""
+    try:
+        removed = Spool(config.spool_dir, config.limits.spool_threshold).prepare()
+    except OSError as e:
+        raise StartupError(f"spool: cannot prepare {config.spool_dir}: {e.strerror or e}") from None
+    if removed:
+        log.info("spool: removed %d unfinished message file(s) from %s", removed, config.spool_dir)
+
+
 def prepare_tls(config: Config) -> None:
     """Make the embedded default's CA and certificate, or check the configured files."""
     if config.tls.cert is None:
@@ -157,6 +170,7 @@ class Worker:
             deliverer=LocalDeliverer(self.store.blobs, self.store.index),
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
+            postmaster=cfg.server.postmaster_address,
         )
         lines = []
         submission_handler = SubmissionHandler(
@@ -164,8 +178,12 @@ class Worker:
             deliverer=handler.deliverer,
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
+            postmaster=cfg.server.postmaster_address,
             service="submission",
         )
+        # DATA content over limits.spool_threshold waits in files there (made 0700 and
+        # emptied of a previous run's files by `serve`, before any worker starts).
+        spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         # (name, handler, implicit TLS, authenticated submission): the MX offers STARTTLS
         # to whoever wants it (RFC 3207); submission insists on TLS, then AUTH.
         smtp_services = (
@@ -179,7 +197,8 @@ class Worker:
                 continue
             options = {}
             if authenticated:
-                options = {"authenticator": self._authenticator(), "service": name}
+                options = {"authenticator": self._authenticator(), "service": name,
+                           "login_timeout": cfg.limits.login_timeout}
             smtp = SmtpService(
                 name,
                 [split_hostport(a) for a in addresses],
@@ -187,6 +206,9 @@ class Worker:
                 hostname=cfg.server.hostname,
                 message_size=cfg.limits.message_size,
                 timeout=cfg.limits.smtp_timeout,
+                spool=spool,
+                command_timeout=cfg.limits.command_timeout,
+                min_data_rate=cfg.limits.min_data_rate,
                 reuse_port=self.reuse_port,
                 tls_context=self._tls_context(),
                 implicit_tls=implicit_tls,
@@ -370,6 +392,7 @@ def serve(config: Config) -> int:
     run = _event_loop_runner()
     try:
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_spool(config)
         prepare_tls(config)
         announce_config(config)
         if config.server.workers == 1:

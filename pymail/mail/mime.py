@@ -33,6 +33,12 @@ Invariants (the unit tests and a hypothesis fuzz test check them):
   ``MAX_*`` limits below bound what crafted input can make the parser do (a few hundred
   milliseconds for the worst 10 MB message), and never matter for real mail.
 
+- `parse_structure` works on ``bytes`` and, without copying the message, on an
+  ``mmap.mmap`` of it (a spooled message, parsed in a thread: its pages are file pages
+  the kernel can drop, not memory of the process). Only operations both types have are
+  used on the raw message (``find``, indexing, slicing, regular expressions); the extra
+  memory is a header field value (at most `MAX_FIELD_VALUE`) and a `_COUNT_CHUNK` slice.
+
 Stdlib only, no I/O. The whole message never goes through the `email` package, which is
 too slow for the delivery hot path.
 """
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import mmap
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -281,14 +288,15 @@ def iter_text(raw: bytes, message: MessageStructure, *, headers: bool) -> Iterat
 # --- parsing: entry point ----------------------------------------------------------------------
 
 
-def parse_structure(raw: bytes) -> MessageStructure:
-    """The structure of the raw message ``raw`` (bytes, or any bytes-like object).
+def parse_structure(raw: bytes | mmap.mmap) -> MessageStructure:
+    """The structure of the raw message ``raw`` (bytes, an mmap of it, or any bytes-like
+    object, which is copied).
 
     Never raises: malformed input (no header/body separator, bad boundaries, missing
     close-delimiter, 8-bit junk, bare LF line ends, truncated headers, absurd nesting) gives
     a best-effort structure. Bounded: containers past `MAX_DEPTH` levels and past
     `MAX_PARTS` parts are opaque bodies."""
-    if not isinstance(raw, bytes):
+    if not isinstance(raw, (bytes, mmap.mmap)):
         raw = bytes(raw)
     try:
         return _parse_message(raw, 0, len(raw), 0, _Budget(MAX_PARTS - 1))
@@ -296,6 +304,22 @@ def parse_structure(raw: bytes) -> MessageStructure:
         # Delivery must not fail because of a parser bug: describe the message as one
         # opaque body so it stays readable.
         return _opaque_message(raw)
+
+
+def _starts_with(raw: bytes, prefix: bytes, pos: int, end: int) -> bool:
+    """``raw.startswith(prefix, pos, end)``, spelled so that an mmap can answer it too."""
+    stop = pos + len(prefix)
+    return stop <= end and raw.find(prefix, pos, stop) == pos
+
+
+#: Octets counted per slice of an mmap (which has no ``count``).
+_COUNT_CHUNK = 1 << 20
+
+
+def _count_newlines(raw: bytes, start: int, end: int) -> int:
+    if isinstance(raw, bytes):
+        return raw.count(b"\n", start, end)
+    return sum(raw[i : min(i + _COUNT_CHUNK, end)].count(b"\n") for i in range(start, end, _COUNT_CHUNK))
 
 
 def _opaque_message(raw: bytes) -> MessageStructure:
@@ -357,27 +381,30 @@ def _read_header(raw: bytes, start: int, limit: int) -> tuple[dict[bytes, str], 
     done by regular expressions, so a huge header costs no Python loop per line.
     """
     block_end = _FIELD_BLOCK.match(raw, start, limit).end()  # type: ignore[union-attr]  # matches ""
-    if raw.startswith(b"\n", block_end, limit):  # the empty line that ends the header
+    if _starts_with(raw, b"\n", block_end, limit):  # the empty line that ends the header
         body_start = block_end + 1
-    elif raw.startswith(b"\r\n", block_end, limit) or (block_end == limit - 1 and raw[block_end] == 13):
+    elif _starts_with(raw, b"\r\n", block_end, limit) or (block_end == limit - 1 and raw[block_end] == 13):
         body_start = min(block_end + 2, limit)
     else:  # no empty line: the body starts at the first line that is not a field
         body_start = block_end
-    found: dict[bytes, bytes] = {}
+    found: dict[bytes, tuple[int, int]] = {}  # name -> span of its value
     if block_end > start:
         first = _FIRST_WANTED_FIELD.match(raw, start, block_end)
         matches = _NEXT_WANTED_FIELD.finditer(raw, start, block_end)
         if first:
-            found[first.group(1).lower()] = first.group(2)
+            found[first.group(1).lower()] = first.span(2)
         for count, match in enumerate(matches):
             if count == _FIELD_MATCHES_LOOP:
                 for name, pattern in _NEXT_FIELD_NAMED.items():
                     if name not in found and (named := pattern.search(raw, match.start(), block_end)):
-                        found[name] = named.group(2)
+                        found[name] = named.span(2)
                 break
-            found.setdefault(match.group(1).lower(), match.group(2))
+            found.setdefault(match.group(1).lower(), match.span(2))
     # RFC 5322 section 2.2.3: unfolding removes each line break, keeps the WSP after it.
-    fields = {name: _text(_FOLD.sub(b"", value[:MAX_FIELD_VALUE]).strip(b" \t\r\n")) for name, value in found.items()}
+    fields = {
+        name: _text(_FOLD.sub(b"", raw[begin : min(stop, begin + MAX_FIELD_VALUE)]).strip(b" \t\r\n"))
+        for name, (begin, stop) in found.items()
+    }
     return fields, body_start
 
 
@@ -612,7 +639,7 @@ def _count_lines(raw: bytes, start: int, end: int) -> int:
     """Text lines in ``raw[start:end]``: line ends, plus a last line without one."""
     if end <= start:
         return 0
-    return raw.count(b"\n", start, end) + (raw[end - 1] != 10)
+    return _count_newlines(raw, start, end) + (raw[end - 1] != 10)
 
 
 def _multipart_children(
@@ -667,7 +694,7 @@ def _find_delimiter(
     or None when there is none, or when the false delimiter budget has run out."""
     size = len(dash_boundary)
     while True:
-        if pos == body_start and raw.startswith(dash_boundary, pos, end):
+        if pos == body_start and _starts_with(raw, dash_boundary, pos, end):
             line_start = pos
         else:
             found = raw.find(b"\n" + dash_boundary, max(pos - 1, body_start), end)
@@ -675,7 +702,7 @@ def _find_delimiter(
                 return None
             line_start = found + 1
         after = line_start + size
-        is_close = raw.startswith(b"--", after, end)
+        is_close = _starts_with(raw, b"--", after, end)
         if is_close:
             after += 2
         after = _TRANSPORT_PADDING.match(raw, after, end).end()  # type: ignore[union-attr]  # matches ""

@@ -1,29 +1,43 @@
-"""The SMTP server: aiosmtpd, extended where a production MX needs more than it gives.
+"""The SMTP server: aiosmtpd's protocol, extended where a production MX needs more than
+it gives, and `SmtpService`, one listening service (MX, submission or submissions).
 
 aiosmtpd parses the command stream (RFC 5321); `PymailSMTP` subclasses its `SMTP`
-protocol through its documented hooks and a few overridden methods:
+protocol.  The policy and the delivery are the handler's (pymail.net.mx).  What the
+protocol adds:
 
-* **DATA is read in large chunks** (`read_message_data`), not line by line: the
-  end-of-data line `CRLF . CRLF` (RFC 5321 section 4.1.1.4) is found with
-  `StreamReader.readuntil`, dot-stuffing is undone in one pass (section 4.5.2).  Data
-  after the terminator stays in the reader, so pipelined commands (RFC 2920) work.
-* **Bare CR or LF in DATA is refused** (`550 5.6.0`): only CRLF ends a line, so SMTP
-  smuggling (a second message hidden behind `LF . LF` or `CR . CR`) cannot happen here or
-  downstream.
+* **DATA in bounded memory.**  The content is read in chunks of at most the reader's
+  buffer (`line_length_limit`, 64 KiB; the reader stops the socket at twice that) and
+  decoded as it arrives by `pymail.proto.smtp.data.DataDecoder` (end of data, RFC 5321
+  section 4.1.1.4; dot-unstuffing, 4.5.2; bare CR or LF refused, ``550 5.6.0``, against
+  SMTP smuggling; the size limit, ``552 5.3.4`` after reading to the end; the trace
+  headers first and the SHA-256 of the whole).  The decoded octets go to the spool
+  (`pymail.delivery.spool`): in memory up to ``limits.spool_threshold``, else to a file
+  written in 256 KiB batches by a thread.  So one connection holds at most
+  spool_threshold + 2 MiB of message (the reader's buffer: twice 64 KiB plus one read;
+  the decoder's copies of one chunk; one write batch), whatever the client sends;
+  delivery then works from the spool file (pymail.delivery.local).  Data after the end
+  of data stays in the reader: pipelined commands (RFC 2920) work.
+* **Time limits that trickling cannot stretch** (`pymail.net.smtp_deadlines`): the
+  idle limit (``limits.smtp_timeout``), a deadline for each command line from its first
+  octet (``limits.command_timeout``), a minimum average rate for DATA content
+  (``limits.min_data_rate``) and, on submission, a login deadline from connect
+  (``limits.login_timeout``).  Past one: ``421 4.4.2`` and close, one log line.
+* **STARTTLS once** (RFC 3207 section 4.2): inside TLS, on 25 and 587 after STARTTLS
+  and on 465, it is ``503 5.5.1``; a nested TLS handshake never starts.
+* **One INFO line when a client leaves**: a hang-up anywhere, or a TLS handshake that
+  fails (TLS 1.0/1.1 offered, garbage, a reset), is one sentence with ``rip=``; never an
+  ERROR or a traceback.
 * **PIPELINING and ENHANCEDSTATUSCODES** are advertised (RFC 2920, RFC 2034) and every
   2xx/4xx/5xx reply after the greeting carries an RFC 3463 code (`push`).
 * **Addresses** are parsed by `pymail.mail.address` (strict RFC 5321/6531), not by the
   RFC 5322 header parser aiosmtpd uses; source routes are kept so RCPT can refuse them.
 * **The client** is the socket's peer, or the source of the PROXY header a trusted load
-  balancer sent (`pymail.net.proxy`; aiosmtpd's own PROXY support is not used, so every
-  listener of every protocol reads the header the same way).  Before the greeting the
-  client's address must be under ``limits.connections_per_ip`` (`pymail.net.limits`,
-  ``421 4.7.0 Too many connections from your address``) and pass the gate (bans).
+  balancer sent (`pymail.net.proxy`).  Before the greeting the client's address must be
+  under ``limits.connections_per_ip`` (`pymail.net.limits`, ``421 4.7.0``) and pass the
+  gate (bans).
 
-`MxHandler` holds the policy (who may receive, who may relay: nobody on the MX) and the
-delivery: `250` to DATA only after `LocalDeliverer` made the message durable for every
-accepted recipient; any storage failure is `451 4.3.0` (docs/architecture.md, "The
-durability rule").  Each transaction and each refused recipient logs one line.
+`PymailSMTP` relies on aiosmtpd internals (listed beside the class), so pyproject.toml
+pins ``aiosmtpd<1.5``.
 
 Invariants: no client input reaches a reply or a log line unsanitised; an exception in
 a handler becomes a 451 (never a traceback to the client, never a silent accept); a
@@ -34,159 +48,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import logging
-import re
-import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from pymail import metrics
-from pymail.delivery.local import LocalDeliverer
-from pymail.delivery.router import RecipientStatus, Router
-from pymail.mail import trace
-from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_path, split_route
+from pymail.delivery.spool import MessageContent, Spool, SpoolError, SpoolWriter
+from pymail.mail.address import AddressError, split_path
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
 from pymail.net.listen import bound_addresses
+from pymail.net.mx import MxHandler, PymailEnvelope
 from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
-from pymail.store.interfaces import DeliveryTarget, StorageError, User
+from pymail.net.smtp_deadlines import ClientDeadlines
+from pymail.proto.smtp.data import TERMINATOR, DataDecoder, Refusal
+from pymail.proto.smtp.replies import Reply, with_enhanced_code
+
+__all__ = ["PymailSMTP", "SmtpService"]
 
 log = logging.getLogger("pymail.smtp")
 
+#: aiosmtpd's built-in SASL mechanisms, which a service without AUTH (the MX) excludes.
+_BUILTIN_SASL = ("LOGIN", "PLAIN")
 
-class Reply:
-    """Replies pymail sends itself (RFC 5321 section 4.2 codes, RFC 3463 enhanced codes).
-
-    Client-facing text stays generic; the reason goes to the log."""
-
-    SENDER_OK = "250 2.1.0 Sender ok"
-    RECIPIENT_OK = "250 2.1.5 Recipient ok"
-    QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
-    BAD_SENDER = "553 5.1.7 Bad sender address syntax"
-    BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
-    NEED_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires SMTPUTF8"
-    RELAY_DENIED = "554 5.7.1 Relay access denied"
-    UNKNOWN_USER = "550 5.1.1 Recipient address rejected: user unknown"
-    DOMAIN_DISABLED = "550 5.1.1 Recipient address rejected: domain disabled"
-    USER_DISABLED = "550 5.2.1 Recipient address rejected: mailbox disabled"
-    ALIAS_LOOP = "554 5.4.6 Recipient address rejected: alias loop"
-    FORWARD_UNAVAILABLE = "451 4.3.0 Recipient address cannot be served now, try later"
-    TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-    MAILBOX_FULL = "452 4.2.2 Recipient's mailbox is full, try again later"
-    TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
-    TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
-    BARE_LINE_END = "550 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
-    SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
-    TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address"
-
-
-#: RFC 3463 defaults for replies that aiosmtpd composes without an enhanced code.
-_DEFAULT_ENHANCED = {
-    "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "252": "2.5.0",
-    "421": "4.3.0", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
-    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "534": "5.7.9", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0",
-    "551": "5.1.6", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0", "555": "5.5.4",
-}  # fmt: skip
-_HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-
-_END_OF_DATA = b"\r\n.\r\n"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _safe(text: object) -> str:
-    """Client-supplied text made safe for one log line."""
-    return _CONTROL.sub("?", str(text))
-
-
-def with_enhanced_code(reply: bytes) -> bytes:
-    """Insert the RFC 3463 code a 2xx/4xx/5xx reply lacks (RFC 2034 section 3)."""
-    if len(reply) < 4 or reply[:1] not in b"245" or _HAS_ENHANCED.match(reply):
-        return reply
-    code = reply[:3].decode("ascii", "replace")
-    enhanced = _DEFAULT_ENHANCED.get(code)
-    if enhanced is None or code == "220":
-        return reply
-    return reply[:4] + enhanced.encode() + b" " + reply[4:]
-
-
-class DataTooBig(Exception):
-    """The DATA content exceeded the size limit (it was read to its end and dropped)."""
-
-
-async def read_message_data(
-    reader: asyncio.StreamReader, limit: int | None, on_progress: Callable[[], Any] = lambda: None
-) -> bytes:
-    """Read DATA content up to the end-of-data line and return it still dot-stuffed.
-
-    The terminator is `CRLF . CRLF` where the first CRLF may be the one that ended the
-    DATA command (an empty message).  Until the consumed bytes can no longer be the start
-    of a terminator, bytes are read one at a time; after that `readuntil` finds the
-    terminator in large chunks.  A chunk that overruns the reader's limit is consumed up
-    to the last 4 bytes, so a terminator split across reads is still found.
-    Content beyond `limit` is read and discarded, then `DataTooBig` is raised.
-    """
-    head = bytearray(b"\r\n")  # the CRLF of the DATA command line
-    while any(head.endswith(_END_OF_DATA[:k]) for k in (1, 2, 3, 4)):
-        head += await reader.readexactly(1)
-        if head.endswith(_END_OF_DATA):
-            return bytes(head[2:-3])
-    parts: list[bytes] = [bytes(head[2:])]
-    size = len(head) - 2
-    too_big = False
-    while True:
-        try:
-            chunk = await reader.readuntil(_END_OF_DATA)
-            finished = True
-        except asyncio.LimitOverrunError as overrun:
-            chunk = await reader.readexactly(overrun.consumed)
-            finished = False
-        on_progress()
-        size += len(chunk)
-        if limit is not None and size - (3 if finished else 0) > limit:
-            too_big = True
-            parts.clear()
-        elif not too_big:
-            parts.append(chunk)
-        if finished:
-            break
-    if too_big:
-        raise DataTooBig()
-    data = b"".join(parts)
-    return data[:-3]  # keep the CRLF that ends the last line, drop ".\r\n"
-
-
-def has_bare_line_end(data: bytes) -> bool:
-    """True if `data` has a CR not followed by LF or an LF not preceded by CR."""
-    crlf = data.count(b"\r\n")
-    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
-
-
-def undo_dot_stuffing(data: bytes) -> bytes:
-    """RFC 5321 section 4.5.2: drop the first '.' of every line that starts with one."""
-    if data.startswith(b"."):
-        data = data[1:]
-    return data.replace(b"\r\n.", b"\r\n")
-
-
-def new_queue_id() -> str:
-    return secrets.token_hex(5).upper()
-
-
-class PymailEnvelope(Envelope):
-    """aiosmtpd's envelope plus what pymail decides during the transaction."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queue_id: str = ""
-        self.sender: str = ""  #: canonical reverse-path, "" for the null sender
-        #: user id → target, one per mailbox owner, whichever RCPT reached them first
-        self.targets: dict[int, DeliveryTarget] = {}
-        self.recipients: list[str] = []  #: canonical accepted RCPT addresses
+#: What the log says for each client time limit passed (pymail.net.smtp_deadlines).
+_TIMEOUT_TEXT = {
+    "idle": "client silent for {seconds:g}s",
+    "command": "command line not complete within {seconds:g}s",
+    "data": "message content slower than {rate} octets/s after {seconds:g}s",
+    "login": "no login within {seconds:g}s of connecting",
+}
 
 
 class _ImplicitTls:
@@ -199,32 +91,71 @@ class _ImplicitTls:
 _IMPLICIT_TLS = _ImplicitTls()
 
 
+def _tls_failure(error: BaseException | None) -> str:
+    """A few words on why a TLS handshake failed, for the log."""
+    if isinstance(error, ssl.SSLError):
+        return (error.reason or error.__class__.__name__).replace("_", " ").lower()
+    if isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
+        return "the client hung up"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return type(error).__name__ if error is not None else "unknown"
+
+
 class PymailSMTP(SMTP):
-    """aiosmtpd's protocol with pymail's DATA reader, replies and address parser."""
+    """aiosmtpd's protocol with pymail's DATA path, deadlines, replies and addresses."""
+
+    # aiosmtpd 1.4 internals this class relies on (pyproject.toml pins aiosmtpd<1.5;
+    # check each of them before raising the pin):
+    # * private methods overridden: _handle_client (wrapped: limit, gate, hang-ups),
+    #   _reset_timeout (its one timer, restarted per command, replaced by
+    #   ClientDeadlines), _create_envelope, _getaddr;
+    # * private attribute replaced: _tls_protocol (a property: implicit TLS counts);
+    # * private attributes read or set: _timeout_handle (set to the ClientDeadlines,
+    #   which aiosmtpd's connection_lost cancels), _timeout_duration (smtp_timeout),
+    #   _reader (DATA content, AUTH answers);
+    # * private methods called: _call_handler_hook, _set_post_data_state;
+    # * public methods overridden: push, handle_exception, connection_made,
+    #   connection_lost, data_received, smtp_EHLO, smtp_HELO, smtp_STARTTLS, smtp_QUIT,
+    #   smtp_DATA.  The submission subclass adds its own (pymail.net.submission).
 
     #: aiosmtpd sizes its StreamReader with this; a larger buffer lets DATA be read in
     #: big chunks.  Command lines stay limited by `command_size_limit` (512, RFC 5321
     #: section 4.5.3.1.4), checked after reading.
     line_length_limit = 64 * 1024
 
-    def __init__(self, handler: Any, *, connections: set["PymailSMTP"],
+    def __init__(self, handler: MxHandler, *, connections: set["PymailSMTP"], spool: Spool,
                  gate: Callable[[str], Awaitable[str | None]] | None = None,
                  implicit_tls: bool = False, client: ClientAddress | None = None,
-                 limiter: ConnectionLimiter | None = None, **kwargs: Any) -> None:
+                 limiter: ConnectionLimiter | None = None, command_timeout: float = 60.0,
+                 min_data_rate: float = 500.0, login_timeout: float | None = None,
+                 **kwargs: Any) -> None:
         """`gate(client_ip)` runs before the greeting: a reply (e.g. ``421 4.7.0`` for a
         banned address) refuses the connection with it.  `implicit_tls`: the listener
         wraps every connection in TLS before SMTP starts (RFC 8314, port 465).
         `client`: the real client a trusted PROXY header named (None: the socket's
         peer); it is ``session.peer`` for the whole session, STARTTLS included.
-        `limiter` counts the connection against its client address before the gate."""
+        `limiter` counts the connection against its client address before the gate.
+        `spool` keeps DATA content; the timeouts are the ``[limits]`` of the same
+        names (`login_timeout` None: no login is expected)."""
         self._implicit_tls = implicit_tls
         self._starttls_protocol: Any = None
+        kwargs.setdefault("auth_exclude_mechanism", _BUILTIN_SASL)
         super().__init__(handler, **kwargs)
         self._connections = connections
+        self._spool = spool
         self._gate = gate
         self._client = client
         self._limiter = limiter
         self._plain_replies = False  # while answering EHLO/HELO (no enhanced codes)
+        self._command_timeout = command_timeout
+        self._min_data_rate = min_data_rate
+        self._login_timeout = login_timeout
+        self._deadlines: ClientDeadlines | None = None  #: made when the connection is
+        self._in_content = False  #: DATA content is being received
+        self._tls_started = False  #: STARTTLS succeeded on this connection
+        self._closed_by_server = False  #: pymail ended it (QUIT, timeout, refusal, stop)
+        self._end_logged = False  #: the connection's end has its log line already
 
     # aiosmtpd knows TLS only as STARTTLS: it asks ``self._tls_protocol`` whether the
     # session is encrypted (to offer AUTH, to accept it, to skip "530 Must issue a
@@ -242,13 +173,34 @@ class PymailSMTP(SMTP):
     def _create_envelope(self) -> PymailEnvelope:
         return PymailEnvelope()
 
+    # -- the connection --------------------------------------------------------------
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._connections.add(self)
+        if self._deadlines is None:
+            self._deadlines = ClientDeadlines(
+                self.loop, self._deadline_passed, idle=self._timeout_duration,
+                command=self._command_timeout, min_data_rate=self._min_data_rate,
+                login=self._login_timeout)
+        else:  # again, after STARTTLS: what was pipelined in plaintext is dropped
+            self._tls_started = True
+            self._deadlines.forget_line()
         super().connection_made(transport)  # a new session (again after STARTTLS)
         if self.session is not None and self._client is not None:
             self.session.peer = self._client
         if self._implicit_tls and self.session is not None and self.session.ssl is None:
             self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadlines is not None:
+            self._deadlines.received(data)
+        super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd restarts one timer on every command; ClientDeadlines keeps pymail's
+        # limits instead.  aiosmtpd cancels its "timeout handle" when the connection is
+        # lost: that is the deadlines object.
+        self._timeout_handle = self._deadlines  # type: ignore[assignment]
 
     async def _handle_client(self) -> None:
         # The connection's slot is held by this task: released when it ends, whether
@@ -271,6 +223,12 @@ class PymailSMTP(SMTP):
                     self._refuse(refusal)
                     return
             await super()._handle_client()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: connection_lost logs it, once
+        except RuntimeError:
+            if self.transport is not None and not self.transport.is_closing():
+                raise
+            # a reply written to a connection that is already gone
         finally:
             if slot is not None:
                 slot.release()
@@ -279,19 +237,62 @@ class PymailSMTP(SMTP):
         """Say `reply` instead of the greeting and close; one log line."""
         log.info("connection refused rip=%s%s reply=\"%s\"", self._peer_ip(),
                  f" reason={reason}" if reason else "", reply)
-        if self.transport is not None:
+        self._say_goodbye(reply)
+
+    def _say_goodbye(self, reply: str) -> None:
+        """Write `reply` and close: pymail ends this connection."""
+        self._closed_by_server = True
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(reply.encode("ascii") + b"\r\n")
             self.transport.close()
 
+    def _deadline_passed(self, limit: str, seconds: float) -> None:
+        text = _TIMEOUT_TEXT[limit].format(seconds=seconds, rate=self._min_data_rate)
+        log.info("timeout: %s rip=%s after=%s reply=\"%s\"", text, self._peer_ip(),
+                 self._stage(), Reply.TIMEOUT)
+        self._say_goodbye(Reply.TIMEOUT)
+
     def connection_lost(self, error: Exception | None) -> None:
         self._connections.discard(self)
+        if not self._closed_by_server and not self._end_logged:
+            self._end_logged = True
+            log.info("client hung up after %s rip=%s", self._stage(), self._peer_ip())
         super().connection_lost(error)
 
     def shutdown(self) -> None:
         """Say 421 and close (used when the server stops)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(Reply.SHUTTING_DOWN.encode() + b"\r\n")
-            self.transport.close()
+        self._say_goodbye(Reply.SHUTTING_DOWN)
+
+    def _stage(self) -> str:
+        """Where the session is, as Postfix's "lost connection after ..." says it."""
+        session, envelope = self.session, self.envelope
+        if self._in_content:
+            return "DATA"
+        if envelope is not None and envelope.rcpt_tos:
+            return "RCPT"
+        if envelope is not None and envelope.mail_from:
+            return "MAIL"
+        if session is not None and session.authenticated:
+            return "AUTH"
+        if session is not None and session.host_name:
+            return "EHLO" if session.extended_smtp else "HELO"
+        return "STARTTLS" if self._tls_started else "CONNECT"
+
+    def _peer_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # aiosmtpd closes the connection after this: it is this connection's one line
+            self._closed_by_server = self._end_logged = True
+            log.info("TLS handshake failed (%s) rip=%s", _tls_failure(error.__cause__), self._peer_ip())
+            return Reply.TEMPFAIL
+        if isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
+            return Reply.TEMPFAIL  # the client went away; connection_lost logs it
+        return await super().handle_exception(error)
+
+    # -- replies ---------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
@@ -299,6 +300,10 @@ class PymailSMTP(SMTP):
         if not self._plain_replies:
             status = with_enhanced_code(status)
         await super().push(status)
+        if self._deadlines is not None:
+            self._deadlines.replied()
+
+    # -- commands --------------------------------------------------------------------
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -313,6 +318,18 @@ class PymailSMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_replies = False
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol:  # RFC 3207 section 4.2: TLS once per connection
+            await self.push(Reply.TLS_ALREADY)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if not arg:
+            self._closed_by_server = True  # aiosmtpd closes after its 221
+        await super().smtp_QUIT(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Split a MAIL/RCPT argument into (path, parameters) with pymail's parser.
@@ -332,273 +349,73 @@ class PymailSMTP(SMTP):
             return
         if await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+        envelope = self.envelope
+        assert isinstance(envelope, PymailEnvelope) and self.session is not None
+        if not envelope.rcpt_tos:
+            await self.push(Reply.NEED_RCPT)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(Reply.DATA_SYNTAX)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(Reply.START_DATA)
+        handler: MxHandler = self.event_handler
+        decoder = DataDecoder(prefix=handler.trace_headers(self.session, envelope),
+                              size_limit=self.data_size_limit)
+        writer = self._spool.writer()
+        message: MessageContent | None = None
         try:
-            data = await read_message_data(
-                self._reader, self.data_size_limit, on_progress=self._reset_timeout
-            )
-        except DataTooBig:
-            await self._call_handler_hook("DATA_REFUSED", Reply.TOO_BIG, "size limit")
+            await self._receive_content(decoder, writer)
+            refusal = decoder.refusal
+            if refusal is not None:
+                reply = Reply.TOO_BIG if refusal is Refusal.TOO_BIG else Reply.BARE_LINE_END
+                await self._refuse_content(reply, refusal.value, decoder.message_size)
+                return
+            try:
+                message = await writer.finish(decoder.key)
+            except SpoolError as e:
+                reply = Reply.NO_SPACE if e.no_space else Reply.TEMPFAIL
+                await self._refuse_content(reply, f"spool({e})", decoder.message_size)
+                return
+            # the handler's delivery task owns the message (and its spool file) now
+            envelope.message, message = message, None
+            assert self._deadlines is not None
+            with self._deadlines.server_busy():
+                status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            await self.push(Reply.TOO_BIG)
-            return
-        except asyncio.IncompleteReadError:
-            log.info("connection closed during DATA rip=%s", self._peer_ip())
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if has_bare_line_end(data):
-            await self._call_handler_hook("DATA_REFUSED", Reply.BARE_LINE_END, "bare CR or LF")
-            self._set_post_data_state()
-            await self.push(Reply.BARE_LINE_END)
-            return
-        content = undo_dot_stuffing(data)
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+            await self.push(status)
+        finally:
+            writer.discard()
+            if message is not None:
+                message.discard()
+
+    async def _receive_content(self, decoder: DataDecoder, writer: SpoolWriter) -> None:
+        """Read the content up to and including the end of data, never past it."""
+        assert self._deadlines is not None
+        reader = self._reader
+        self._in_content = True
+        self._deadlines.start_content()
+        try:
+            while not decoder.done:
+                limit = decoder.read_limit()
+                if limit:  # an end of data may have begun: take only what completes it
+                    chunk = await reader.readexactly(limit)
+                else:
+                    try:
+                        chunk = await reader.readuntil(TERMINATOR)
+                    except asyncio.LimitOverrunError as overrun:
+                        chunk = await reader.readexactly(overrun.consumed)
+                decoded = decoder.feed(chunk)
+                if decoded:
+                    await writer.write(decoded)
+        finally:
+            self._in_content = False
+            self._deadlines.end_content()
+        assert not decoder.trailing  # read_limit kept the next command in the reader
+
+    async def _refuse_content(self, reply: str, reason: str, size: int) -> None:
+        await self._call_handler_hook("DATA_REFUSED", reply, reason, size)
         self._set_post_data_state()
-        await self.push(status)
-
-    def _peer_ip(self) -> str:
-        peer = self.session.peer if self.session is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
-
-
-class MxHandler:
-    """Policy and delivery for the MX service (aiosmtpd handler hooks).
-
-    Nobody relays through the MX: every recipient must route to a local mailbox."""
-
-    def __init__(
-        self,
-        *,
-        router: Router,
-        deliverer: LocalDeliverer,
-        hostname: str,
-        max_recipients: int,
-        service: str = "smtp",
-    ) -> None:
-        self.service = service  #: the [listen] name, a metrics label
-        self.router = router
-        self.deliverer = deliverer
-        self.hostname = hostname
-        self.max_recipients = max_recipients
-        self.deliveries_in_flight: set[asyncio.Future[str]] = set()
-
-    # -- helpers ---------------------------------------------------------------------
-
-    @staticmethod
-    def _client_ip(session: Session) -> str:
-        peer = session.peer
-        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
-
-    def _log(self, envelope: PymailEnvelope, session: Session, verdict: str, reply: str,
-             *, to: str | None = None, size: int | None = None, extra: str = "") -> None:
-        rcpts = to if to is not None else ",".join(f"<{r}>" for r in envelope.recipients)
-        parts = [
-            f"{envelope.queue_id or 'NOQUEUE'}:",
-            verdict,
-            f"rip={self._client_ip(session)}",
-            f"helo=<{_safe(session.host_name or '')}>",
-            f"from=<{_safe(envelope.sender)}>",
-            f"to={_safe(rcpts)}",
-        ]
-        if size is not None:
-            parts.append(f"size={size}")
-        if extra:
-            parts.append(extra)
-        parts.append(f'reply="{reply}"')
-        log.info(" ".join(parts))
-
-    # -- hooks -----------------------------------------------------------------------
-
-    async def handle_EHLO(
-        self, server: PymailSMTP, session: Session, envelope: Envelope, hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES; "250 HELP" stays last.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-    async def handle_MAIL(
-        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str,
-        mail_options: list[str],
-    ) -> str:
-        if address == "<>":
-            sender = ""
-        else:
-            # RFC 5321 Appendix C: a source route in the reverse-path is ignored.
-            _route, mailbox_text = split_route(address)
-            try:
-                mailbox = parse_mailbox(mailbox_text)
-            except AddressError as e:
-                log.info("NOQUEUE: reject rip=%s from=<%s> reason=%s reply=%r",
-                         self._client_ip(session), _safe(address), _safe(e), Reply.BAD_SENDER)
-                return Reply.BAD_SENDER
-            if not mailbox.address.isascii() and not envelope.smtp_utf8:
-                return Reply.NEED_SMTPUTF8
-            sender = mailbox.address
-        envelope.mail_from = sender or "<>"
-        envelope.sender = sender
-        envelope.mail_options.extend(mail_options)
-        envelope.queue_id = new_queue_id()
-        return Reply.SENDER_OK
-
-    async def handle_RCPT(
-        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        reply, reason, canonical, users = await self._route(session, envelope, address)
-        if users is None:
-            self._log(envelope, session, "reject", reply, to=f"<{canonical}>", extra=f"reason={reason}")
-            metrics.SMTP_RECIPIENTS_REFUSED.labels(self.service, reason.split("(", 1)[0]).inc()
-            return reply
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        envelope.recipients.append(canonical)
-        for user_id in users:
-            envelope.targets.setdefault(user_id, DeliveryTarget(user_id=user_id))
-        return Reply.RECIPIENT_OK
-
-    async def _route(
-        self, session: Session, envelope: PymailEnvelope, address: str
-    ) -> tuple[str, str, str, list[int] | None]:
-        """(reply, reason for the log, address as logged, user ids or None if refused)."""
-        if len(envelope.recipients) >= self.max_recipients:
-            return Reply.TOO_MANY_RECIPIENTS, "recipient_limit", address, None
-        route, mailbox_text = split_route(address)
-        if route:
-            # A source route asks us to forward: refuse it like any relay attempt.
-            return Reply.RELAY_DENIED, "source_route", address, None
-        try:
-            mailbox: Mailbox = parse_mailbox(mailbox_text)
-        except AddressError as e:
-            return Reply.BAD_RECIPIENT, f"syntax({e})", address, None
-        canonical = mailbox.address
-        if not canonical.isascii() and not envelope.smtp_utf8:
-            return Reply.NEED_SMTPUTF8, "smtputf8_required", canonical, None
-        if mailbox.is_literal:
-            return Reply.RELAY_DENIED, "address_literal", canonical, None
-        # Sender-specified routing (user%host@us, host!user@us, "user@host"@us) would
-        # make a classic server forward the mail: refuse it as a relay attempt.
-        if any(c in mailbox.local_part for c in "%!@"):
-            return Reply.RELAY_DENIED, "sender_routing", canonical, None
-        try:
-            resolution = await self.router.resolve(canonical)
-        except StorageError as e:
-            metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
-            return Reply.TEMPFAIL, f"storage({e})", canonical, None
-        status = resolution.status
-        if status is RecipientStatus.LOCAL:
-            try:
-                full = await self._over_quota(resolution.users, envelope)
-            except StorageError as e:
-                metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
-                return Reply.TEMPFAIL, f"storage({e})", canonical, None
-            if full is not None:
-                return Reply.MAILBOX_FULL, f"over_quota(user=<{_safe(full.address)}>)", canonical, None
-            return Reply.RECIPIENT_OK, "", canonical, [u.id for u in resolution.users]
-        if status is RecipientStatus.NOT_LOCAL:
-            # The MX never relays; authenticated submission is another service.
-            return Reply.RELAY_DENIED, "relay", canonical, None
-        reply = {
-            RecipientStatus.UNKNOWN_USER: Reply.UNKNOWN_USER,
-            RecipientStatus.USER_DISABLED: Reply.USER_DISABLED,
-            RecipientStatus.DOMAIN_DISABLED: Reply.DOMAIN_DISABLED,
-            RecipientStatus.LOOP: Reply.ALIAS_LOOP,
-            RecipientStatus.FORWARD_UNAVAILABLE: Reply.FORWARD_UNAVAILABLE,
-        }[status]
-        return reply, status.value + (f"({resolution.detail})" if resolution.detail else ""), canonical, None
-
-    async def _over_quota(self, users: list[User], envelope: PymailEnvelope) -> User | None:
-        """The first of `users` whose quota (``virtual_users.quota``, 0 = none) this
-        message would exceed: what the user keeps now plus the size the client declared
-        with MAIL SIZE= (RFC 1870; 0 when it did not).  The whole recipient is refused
-        then (``452 4.2.2``, temporary: the sender retries once the user made room), an
-        alias included, rather than silently leaving one member's copy out."""
-        declared = 0
-        for option in envelope.mail_options:
-            if option.upper().startswith("SIZE=") and option[5:].isdigit():
-                declared = int(option[5:])
-        for user in users:
-            if user.quota and await self.deliverer.index.storage_used(user.id) + declared > user.quota:
-                return user
-        return None
-
-    async def handle_DATA_REFUSED(
-        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, reply: str,
-        reason: str,
-    ) -> None:
-        """Not an aiosmtpd hook: PymailSMTP calls it when DATA content is refused."""
-        self._log(envelope, session, "reject", reply, extra=f"reason={reason.replace(' ', '_')}")
-        metrics.SMTP_TRANSACTIONS.labels(self.service, "reject").inc()
-
-    async def handle_DATA(
-        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope
-    ) -> str:
-        # Shielded: a client hanging up must not cancel a store half-way; the outcome
-        # is still logged.
-        task = asyncio.ensure_future(self._deliver(server, session, envelope))
-        self.deliveries_in_flight.add(task)
-        task.add_done_callback(self.deliveries_in_flight.discard)
-        return await asyncio.shield(task)
-
-    async def _deliver(
-        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope
-    ) -> str:
-        content = envelope.original_content or b""
-        now = _dt.datetime.now(_dt.timezone.utc)
-        protocol = trace.protocol_keyword(
-            esmtp=session.extended_smtp,
-            tls=session.ssl is not None,
-            authenticated=bool(session.authenticated),
-            smtputf8=envelope.smtp_utf8,
-        )
-        headers = trace.return_path(envelope.sender) + trace.received(
-            helo=session.host_name or "",
-            client_ip=self._client_ip(session),
-            client_name=None,
-            by_host=self.hostname,
-            protocol=protocol,
-            queue_id=envelope.queue_id,
-            recipient=envelope.recipients[0] if len(envelope.recipients) == 1 else None,
-            when=now,
-        )
-        message = headers + content
-        started = time.perf_counter()
-        try:
-            result = await self.deliverer.deliver(
-                message, list(envelope.targets.values()), internal_date=now
-            )
-        except StorageError as e:
-            self._log(envelope, session, "tempfail", Reply.TEMPFAIL, size=len(message),
-                      extra=f"reason=storage({_safe(e)})")
-            metrics.STORAGE_ERRORS.labels("deliver").inc()
-            metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
-            return Reply.TEMPFAIL
-        except Exception:
-            log.exception("%s: delivery failed", envelope.queue_id)
-            self._log(envelope, session, "tempfail", Reply.TEMPFAIL, size=len(message),
-                      extra="reason=internal_error")
-            metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
-            return Reply.TEMPFAIL
-        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
-        metrics.MESSAGE_BYTES.inc(len(message))
-        metrics.SMTP_TRANSACTIONS.labels(self.service, "accepted").inc()
-        reply = Reply.QUEUED.format(queue_id=envelope.queue_id)
-        self._log(envelope, session, "accepted", reply, size=len(message),
-                  extra=f"mailboxes={len(result.stored)} blob={result.blob_key[:16]}")
-        return reply
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %s: %s", type(error).__name__, _safe(error))
-        return Reply.TEMPFAIL
+        await self.push(reply)
 
 
 class SmtpService:
@@ -610,8 +427,11 @@ class SmtpService:
     refuses mail commands before STARTTLS.  `limiter` refuses a client address over its
     connection limit (``421 4.7.0``), then `gate(client_ip)` may refuse a connection
     before the greeting (bans).  Connections from `trusted_proxies` start with a PROXY
-    header whose source is the client (`pymail.net.proxy`).  `protocol_class` and
-    `protocol_options` choose the protocol (`PymailSMTP`, or the submission one)."""
+    header whose source is the client (`pymail.net.proxy`).  `spool` keeps DATA content
+    (``limits.spool_threshold``); `timeout`, `command_timeout` and `min_data_rate` are
+    the client's time limits (``limits.smtp_timeout`` and the same names).
+    `protocol_class` and `protocol_options` choose the protocol (`PymailSMTP`, or the
+    submission one)."""
 
     def __init__(
         self,
@@ -622,6 +442,9 @@ class SmtpService:
         hostname: str,
         message_size: int,
         timeout: float,
+        spool: Spool,
+        command_timeout: float = 60.0,
+        min_data_rate: float = 500.0,
         reuse_port: bool = False,
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
@@ -638,6 +461,9 @@ class SmtpService:
         self.hostname = hostname
         self.message_size = message_size
         self.timeout = timeout
+        self.spool = spool
+        self.command_timeout = command_timeout
+        self.min_data_rate = min_data_rate
         self.reuse_port = reuse_port
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
@@ -654,10 +480,13 @@ class SmtpService:
         return self.protocol_class(
             self.handler,
             connections=self.connections,
+            spool=self.spool,
             gate=self.gate,
             implicit_tls=self.implicit_tls,
             client=client,
             limiter=self.limiter,
+            command_timeout=self.command_timeout,
+            min_data_rate=self.min_data_rate,
             tls_context=None if self.implicit_tls else self.tls_context,
             require_starttls=self.require_starttls and not self.implicit_tls,
             hostname=self.hostname,

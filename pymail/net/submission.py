@@ -13,7 +13,11 @@ The rules, in the order a session meets them:
   account, authzid mismatch); a directory/LDAP outage is ``454 4.7.0`` (RFC 4954
   section 6), never an accept.  After `MAX_AUTH_FAILURES` failures on one connection it
   is closed with ``421 4.7.0``; the `Authenticator`'s jail counts failures across
-  connections, workers and nodes and bans the address.
+  connections, workers and nodes and bans the address.  The mechanisms are PLAIN and
+  LOGIN, nothing else (aiosmtpd takes every attribute named ``auth_*`` of the protocol
+  or the handler for a mechanism: no other may exist).
+* **Login in time.** A client that has not authenticated ``limits.login_timeout`` after
+  connecting gets ``421 4.4.2`` and is disconnected, whatever it sent meanwhile.
 * **Sender ownership.** MAIL FROM must be the user's own address or an address that
   routes to the user (an alias pointing at them); anything else is ``553 5.7.1``, like
   Postfix's ``reject_sender_login_mismatch``.  The null sender is allowed (bounces).
@@ -33,7 +37,8 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, Session
 
 from pymail.auth.service import Authenticator
-from pymail.net.smtp import MxHandler, PymailEnvelope, PymailSMTP, _safe
+from pymail.net.mx import MxHandler, PymailEnvelope, _safe
+from pymail.net.smtp import PymailSMTP
 from pymail.store.interfaces import StorageError, User
 
 log = logging.getLogger("pymail.smtp")
@@ -58,14 +63,27 @@ class SubmissionReply:
 class SubmissionSMTP(PymailSMTP):
     """`PymailSMTP` with SASL PLAIN and LOGIN answered by the async `Authenticator`
     (aiosmtpd's own ``authenticator`` hook is synchronous; password hashing must not
-    block the event loop)."""
+    block the event loop).
+
+    aiosmtpd API used here: the ``auth_PLAIN`` / ``auth_LOGIN`` mechanism hooks (their
+    names are what EHLO advertises) run from `SubmissionHandler.handle_AUTH`, the
+    documented AUTH hook, which sets ``session.authenticated`` and ``session.auth_data``
+    itself (so aiosmtpd never sets the deprecated ``session.login_data``, which logged a
+    warning on every login).  Internals, beyond those of `PymailSMTP`: ``_reader`` (the
+    challenge answers).  No other attribute may start with ``auth_``."""
 
     def __init__(self, handler: Any, *, authenticator: Authenticator, service: str,
-                 **kwargs: Any) -> None:
+                 login_timeout: float | None = None, **kwargs: Any) -> None:
         self.pymail_authenticator = authenticator
         self.service_name = service
-        self.auth_failures = 0
-        super().__init__(handler, auth_required=True, auth_require_tls=True, **kwargs)
+        self.failed_logins = 0  #: on this connection (not "auth_...": see the class doc)
+        super().__init__(handler, auth_required=True, auth_require_tls=True,
+                         auth_exclude_mechanism=(), login_timeout=login_timeout, **kwargs)
+
+    async def sasl(self, args: list[str]) -> AuthResult:
+        """Run the mechanism ``args[0]`` (aiosmtpd checked it is one we offer)."""
+        mechanism = self.auth_PLAIN if args[0].upper() == "PLAIN" else self.auth_LOGIN
+        return await mechanism(self, args)
 
     async def auth_PLAIN(self, _server: Any, args: list[str]) -> AuthResult:
         # RFC 4616: [authzid] NUL authcid NUL passwd; the initial response may come
@@ -134,15 +152,17 @@ class SubmissionSMTP(PymailSMTP):
         except StorageError:  # AuthUnavailable included: LDAP or the directory is down
             return AuthResult(success=False, handled=False, message=SubmissionReply.AUTH_UNAVAILABLE)
         if user is None:
-            self.auth_failures += 1
-            if self.auth_failures >= MAX_AUTH_FAILURES:
+            self.failed_logins += 1
+            if self.failed_logins >= MAX_AUTH_FAILURES:
+                self._closed_by_server = True
                 await self.push(SubmissionReply.AUTH_TOO_MANY)
                 if self.transport is not None:
                     self.transport.close()
                 return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False, message=SubmissionReply.AUTH_FAILED)
-        log.info("authenticated: service=%s rip=%s user=<%s>", self.service_name, self._peer_ip(),
-                 _safe(user.address))
+        # (the Authenticator logged "authenticated: service=... rip=... user=<...>")
+        if self._deadlines is not None:
+            self._deadlines.logged_in()
         return AuthResult(success=True, auth_data=user, message=SubmissionReply.AUTH_OK)
 
 
@@ -154,6 +174,20 @@ class SubmissionHandler(MxHandler):
     def _user(session: Session) -> User | None:
         data = session.auth_data
         return data if isinstance(data, User) else None
+
+    async def handle_AUTH(self, server: SubmissionSMTP, session: Session, envelope: PymailEnvelope,
+                          args: list[str]) -> str | None:
+        """aiosmtpd's AUTH hook (after its own checks: EHLO, TLS, not yet
+        authenticated, a mechanism we offer): run the mechanism and mark the session.
+        Returns the reply, or None when the mechanism sent it already."""
+        result = await server.sasl(args)
+        if result.success:
+            session.authenticated = True
+            session.auth_data = result.auth_data
+            return result.message or SubmissionReply.AUTH_OK
+        if result.handled:
+            return None
+        return result.message or SubmissionReply.AUTH_FAILED
 
     async def handle_MAIL(self, server: PymailSMTP, session: Session, envelope: PymailEnvelope,
                           address: str, mail_options: list[str]) -> str:

@@ -12,12 +12,15 @@ who is a local domain, user or alias.
 
 Optional capabilities are Protocols of their own: `ChangeFeed` (committed mailbox changes,
 for IMAP IDLE) and `BanStore` (failed logins and banned client addresses, for
-pymail.auth.ban), both shared by every process and node on the same index.
+pymail.auth.ban), both shared by every process and node on the same index; and
+`BlobFileStore` (a blob made from a local file without reading it into memory: the SMTP
+spool's large messages).
 
 Invariants every backend keeps (the conformance suite in tests/conformance checks them):
 
 * `BlobStore.put` returns only when the bytes are durable (file fsynced and renamed and the
   directory fsynced, or the S3 PUT acknowledged).  Putting the same bytes twice is harmless.
+  `BlobFileStore.put_file` keeps the same promise for a file's bytes, in bounded memory.
 * `Index.deliver` is atomic: either every target mailbox got its row and the transaction is
   durably committed, or nothing changed and a `StorageError` is raised.
 * UIDs in a mailbox are strictly ascending and never reused; UIDVALIDITY never changes for
@@ -36,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 #: The mailboxes every user has, with their RFC 6154 special-use attribute.  INBOX first.
@@ -442,6 +446,21 @@ class BlobStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlobFileStore(Protocol):
+    """Optional `BlobStore` capability: store a blob from a local file, holding a
+    bounded amount of it in memory whatever its size (the SMTP spool's large messages)."""
+
+    async def put_file(self, path: Path, key: str) -> str:
+        """Store the bytes of the file at `path` durably as blob `key` and return the
+        key, with `put`'s guarantees (durable on return, a repeat is harmless, it renews
+        the last-written time).  `key` is the lower-case hex SHA-256 of the file's bytes,
+        which the caller computed while writing them (a backend may check it; S3 servers
+        do); a malformed key is a `ValueError`.  The file is left where it is: removing it
+        stays the caller's job.  The file must not change while this runs."""
+        ...
 
 
 # --------------------------------------------------------------------------- bans

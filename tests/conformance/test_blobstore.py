@@ -1,19 +1,22 @@
 """BlobStore conformance: content addressing, ranges, idempotence, durability, NotFound,
-listings with size and last-written time, and the start-up check."""
+listings with size and last-written time, the start-up check, and the `BlobFileStore`
+capability every backend has (a blob from a file, in bounded memory)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import hashlib
+import errno
 import os
 import time
+import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from pymail.store import BlobInfo, NotFound, Store
+from pymail.store import BlobFileStore, BlobInfo, NotFound, StorageError, Store
 
 if TYPE_CHECKING:
     from conftest import StoreHarness
@@ -135,6 +138,78 @@ async def test_put_again_renews_the_last_written_time(store: Store) -> None:
     assert await store.blobs.get(key) == MESSAGE
 
 
+# --------------------------------------------------------------------------- blobs from files
+
+
+def _file_store(store: Store) -> BlobFileStore:
+    assert isinstance(store.blobs, BlobFileStore), "every backend stores blobs from files"
+    return store.blobs
+
+
+def _write_file(path: Path, chunks: int, chunk: bytes) -> str:
+    """Write `chunk` `chunks` times to `path`; the SHA-256 hex of the file."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(chunks):
+            f.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def test_put_file_stores_the_file_and_leaves_it(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "spooled.eml"
+    source.write_bytes(MESSAGE)
+    key = hashlib.sha256(MESSAGE).hexdigest()
+    assert await _file_store(store).put_file(source, key) == key
+    assert await store.blobs.get(key) == MESSAGE
+    assert source.read_bytes() == MESSAGE  # the caller removes it
+    assert await store.blobs.put_file(source, key) == key  # a repeat is harmless
+    assert await store.blobs.put(MESSAGE) == key  # the same blob as put's
+    assert [k async for k in store.blobs.keys()] == [key]
+    other = tmp_path / "other.eml"
+    other.write_bytes(b"")
+    empty = hashlib.sha256(b"").hexdigest()
+    assert await store.blobs.put_file(other, empty) == empty
+    assert await store.blobs.get(empty) == b""
+
+
+async def test_put_file_of_a_large_file_holds_little_memory(store: Store, tmp_path: Path) -> None:
+    """20 MiB from a file with at most a few MiB of Python memory held at once
+    (tracemalloc traces this process: the client side, not the S3 server)."""
+    source = tmp_path / "big.eml"
+    chunk = os.urandom(1024 * 1024)
+    key = _write_file(source, 20, chunk)
+    tracemalloc.start()
+    try:
+        assert await _file_store(store).put_file(source, key) == key
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 1024 * 1024, f"put_file held {peak / 2**20:.1f} MiB"
+    assert await store.blobs.get_range(key, 19 * len(chunk) + 5, 10) == chunk[5:15]
+    assert [(e.key, e.size) async for e in store.blobs.entries()] == [(key, 20 * len(chunk))]
+
+
+async def test_put_file_renews_the_last_written_time(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "spooled.eml"
+    source.write_bytes(MESSAGE)
+    key = await _file_store(store).put_file(source, hashlib.sha256(MESSAGE).hexdigest())
+    first = {e.key: e.modified async for e in store.blobs.entries()}
+    await asyncio.sleep(1.1)  # S3's LastModified has one-second resolution
+    assert await store.blobs.put_file(source, key) == key
+    second = {e.key: e.modified async for e in store.blobs.entries()}
+    assert second[key] > first[key]
+
+
+@pytest.mark.parametrize("key", ["", "../../etc/passwd", "A" * 64, "0" * 63])
+async def test_put_file_refuses_a_malformed_key(store: Store, tmp_path: Path, key: str) -> None:
+    source = tmp_path / "spooled.eml"
+    source.write_bytes(MESSAGE)
+    with pytest.raises(ValueError):
+        await _file_store(store).put_file(source, key)
+    assert [k async for k in store.blobs.keys()] == []
+
+
 async def test_check_passes_on_a_working_store(store: Store) -> None:
     await store.blobs.check()
     key = await store.blobs.put(MESSAGE)
@@ -223,3 +298,53 @@ async def test_leftover_temporary_files_are_ignored_and_swept(harness: StoreHarn
         assert await store.blobs.get(key) == MESSAGE
         assert await sweep(0) == 1
         assert sorted(os.listdir(leaf)) == [key]
+
+
+async def test_put_file_fsyncs_the_file_before_its_name(
+    harness: StoreHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A spooled file was never fsynced: put_file fsyncs its bytes before the name
+    ``<key>`` points at them, then the leaf directory."""
+    fsynced: list[str] = []
+    real_fsync = os.fsync
+
+    def tracing_fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    source = tmp_path / "spooled.eml"
+    source.write_bytes(MESSAGE)
+    async with harness.opened() as store:
+        monkeypatch.setattr(os, "fsync", tracing_fsync)
+        key = await _file_store(store).put_file(source, hashlib.sha256(MESSAGE).hexdigest())
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        path = _blob_file(harness, store, key)
+        assert path.read_bytes() == MESSAGE and sorted(os.listdir(path.parent)) == [key]
+        assert str(source) in fsynced
+        assert fsynced.index(str(source)) < fsynced.index(str(path.parent))
+        assert fsynced[-1] == str(path.parent)
+
+
+async def test_put_file_across_file_systems_copies_and_checks(
+    harness: StoreHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No hard link across file systems (EXDEV): the file is copied under a temporary
+    name, checked against its key, fsynced and renamed; a wrong key stores nothing."""
+
+    def no_link(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    source = tmp_path / "spooled.eml"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    source.write_bytes(data)
+    async with harness.opened() as store:
+        blobs = _file_store(store)
+        _blob_file(harness, store, ABSENT)  # skips backends without files
+        monkeypatch.setattr(os, "link", no_link)
+        with pytest.raises(StorageError):
+            await blobs.put_file(source, hashlib.sha256(b"something else").hexdigest())
+        key = await blobs.put_file(source, hashlib.sha256(data).hexdigest())
+        path = _blob_file(harness, store, key)
+        assert path.read_bytes() == data and path.stat().st_ino != source.stat().st_ino
+        assert sorted(os.listdir(path.parent)) == [key]  # no temporary file left
+        assert [k async for k in store.blobs.keys()] == [key]

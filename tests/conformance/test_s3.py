@@ -392,7 +392,24 @@ async def test_put_sends_the_sha256_and_content_length(blobs: S3BlobStore) -> No
         hashlib.sha256(data).digest()
     ).decode()
     assert sent[-1]["content-length"] == "5000"
+    # the signed checksum header covers the body: botocore does not hash it again
+    # (on the event loop) to sign it, not even over http://
+    assert sent[-1]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
     assert "secret" not in repr(sent)
+
+
+async def test_put_file_streams_the_file(blobs: S3BlobStore, tmp_path: Path) -> None:
+    """The body handed to the HTTP layer is the open file, not its bytes."""
+    client = await blobs._s3()
+    bodies: list[object] = []
+    client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: bodies.append(request.body))
+    data = os.urandom(300_000)
+    source = tmp_path / "spooled.eml"
+    source.write_bytes(data)
+    key = await blobs.put_file(source, hashlib.sha256(data).hexdigest())
+    assert not isinstance(bodies[-1], (bytes, bytearray)) and hasattr(bodies[-1], "read")
+    assert await blobs.get(key) == data
 
 
 async def test_get_refuses_bytes_that_do_not_hash_to_the_key(

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import os
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -642,6 +644,43 @@ def test_accepts_bytes_like() -> None:
     assert parse_structure(memoryview(SIMPLE)) == parse_structure(SIMPLE)
 
 
+def _parse_mapped(raw: bytes, tmp_path) -> MessageStructure:
+    """parse_structure over an mmap of a file holding `raw` (how a spooled message is parsed)."""
+    path = tmp_path / "message.eml"
+    path.write_bytes(raw)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return parse_structure(mapped)
+
+
+@pytest.mark.parametrize("raw", CORPUS)
+def test_an_mmap_gives_the_same_structure(raw: bytes, tmp_path) -> None:
+    assert _parse_mapped(raw, tmp_path) == parse_structure(raw)
+
+
+def test_an_mmap_is_parsed_without_copying_it(tmp_path) -> None:
+    """A spooled message is parsed over an mmap: the process holds a few slices of it,
+    not the message (before, parse_structure copied anything that was not bytes)."""
+    raw = NESTED.replace(b"plain body", b"plain body line\r\n" * 500_000)  # ~8.5 MB
+    path = tmp_path / "big.eml"
+    path.write_bytes(raw)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        tracemalloc.start()
+        try:
+            structure = parse_structure(mapped)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert structure == parse_structure(raw)
+    assert peak < 2.5 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
+def test_an_mmap_with_long_header_values_and_many_lines(tmp_path) -> None:
+    # a value past MAX_FIELD_VALUE is cut the same way; line counts over several count chunks
+    raw = (b"Subject: " + b"y" * (mime.MAX_FIELD_VALUE + 100) + b"\r\n\r\n"
+           + b"line\r\n" * (3 * mime._COUNT_CHUNK // 6 + 5) + b"no end")
+    assert _parse_mapped(raw, tmp_path) == parse_structure(raw)
+
+
 # --- fuzz: never raises, offsets always sane ------------------------------------------------
 
 _MUTATION = st.tuples(
@@ -687,6 +726,15 @@ def test_fuzz_random_bytes(raw: bytes) -> None:
 @given(st.sampled_from(CORPUS), st.lists(_MUTATION, max_size=8))
 def test_fuzz_mutated_messages(raw: bytes, mutations: list[tuple[str, int, int, bytes]]) -> None:
     _never_raises(_mutate(raw, mutations))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(CORPUS), st.lists(_MUTATION, max_size=8))
+def test_fuzz_an_mmap_parses_like_bytes(tmp_path, raw: bytes, mutations: list[tuple[str, int, int, bytes]]) -> None:
+    raw = _mutate(raw, mutations)
+    if raw:  # an empty file cannot be mapped (a spooled message never is empty)
+        assert _parse_mapped(raw, tmp_path) == parse_structure(raw)
 
 
 @settings(max_examples=300, deadline=None)

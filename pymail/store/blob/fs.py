@@ -14,6 +14,14 @@ Invariants:
   file's mtime (the orphan sweeper's grace period counts from the latest `put`) and
   fsyncs the leaf directory (the name may have been made visible by a process that was
   killed before its own directory fsync).
+* `put_file` (the `BlobFileStore` capability) keeps the same rules for a file written
+  elsewhere (the SMTP spool), without reading it into memory: on the same file system
+  the file is fsynced, then hard-linked under the final name (link, like rename, makes
+  a complete name appear atomically, and never replaces an existing one), then the leaf
+  directory is fsynced; across file systems it is copied 1 MiB at a time into a
+  temporary file, hashed on the way (a mismatch with the caller's key is refused), and
+  then stored like `put`.  The linked file's bytes were hashed by the caller as it wrote
+  them (`put_file`'s contract), so ``<key>`` still names bytes that hash to it.
 * `delete_if_stale` (the sweeper's delete) first renames the file aside, then looks at
   its mtime: a `put` that renewed it in the meantime wins and the file is put back; a
   `put` that came after the rename finds no file and writes a new one.  So a blob a
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import hashlib
 import os
@@ -49,6 +58,21 @@ _T = TypeVar("_T")
 _KEY_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _FANOUT_RE = re.compile(r"^[0-9a-f]{2}\Z")
 _TEMP_PREFIX = ".tmp-"
+
+
+#: link() errors that mean "no hard link here" (another file system, or one without
+#: links): the file is copied instead.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+#: Octets copied per read when `put_file` cannot link.
+_COPY_CHUNK = 1024 * 1024
+
+
+def _fsync_file(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -146,6 +170,58 @@ class FileBlobStore:
             raise
         _fsync_dir(leaf)
         return key
+
+    async def put_file(self, path: Path, key: str) -> str:
+        """Store the file's bytes as blob `key` (their SHA-256, which the caller computed)
+        without reading them into memory; see the module docstring."""
+        if not _KEY_RE.match(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return await self._run(self._put_file_sync, Path(path), key)
+
+    def _put_file_sync(self, source: Path, key: str) -> str:
+        path = self.path_for(key)
+        leaf = path.parent
+        try:
+            os.utime(path)  # already stored: renew its age for the orphan sweeper
+        except FileNotFoundError:
+            pass
+        else:
+            _fsync_dir(leaf)
+            return key
+        _fsync_file(source)  # the bytes are durable before any name of ours points at them
+        self._make_dirs(leaf)
+        try:
+            os.link(source, path)
+        except FileExistsError:  # a concurrent put of the same bytes won
+            pass
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            self._copy_in(source, path, key)
+            return key
+        os.utime(path)  # the link keeps the spool file's mtime: this put is the last write
+        _fsync_dir(leaf)
+        return key
+
+    def _copy_in(self, source: Path, path: Path, key: str) -> None:
+        """`put` for a file on another file system: copied in chunks, checked, renamed."""
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{key}-", dir=path.parent)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != key:
+                raise StorageError(f"blob store {self.root}: {source} does not hash to {key}")
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
 
     async def get(self, key: str) -> bytes:
         """All bytes of the blob; `NotFound` if absent."""

@@ -14,6 +14,15 @@ Invariants:
   returns only after the server acknowledged the PUT with 200.  The SHA-256 we computed
   for the key travels as ``x-amz-checksum-sha256``, so a server that verifies it (AWS,
   MinIO, SeaweedFS) rejects bytes damaged on the way; moto stores it without checking.
+  That header is signed, so the body itself is not (``payload_signing_enabled`` off:
+  ``UNSIGNED-PAYLOAD`` even over http://, where botocore would otherwise hash every body
+  a second time, on the event loop, reading a file body whole to do it).
+* `put_file` (the `BlobFileStore` capability) is the same single PUT with the open file
+  as its body: aiobotocore hands a file object to aiohttp, which sends it 64 KiB at a
+  time, each read in a worker thread; the key (SHA-256) comes from the caller, who
+  hashed the bytes as it wrote them.  Memory stays bounded whatever the size, and the
+  server's checksum check covers the whole object (a multipart upload could only carry
+  per-part SHA-256s).  botocore's retry seeks the file back to its start.
 * `get` returns only bytes that hash to their key: it checks the SHA-256 itself (one
   hash, for every object, however it was written), so botocore's own response checksum
   validation is off.  `get_range` cannot be checked (S3 has no checksum of a range).
@@ -43,10 +52,12 @@ import datetime as _dt
 import errno as _errno
 import hashlib
 import io
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -183,7 +194,8 @@ class S3BlobStore:
             stack = AsyncExitStack()
             try:
                 config = AioConfig(
-                    s3={"addressing_style": s.addressing_style},
+                    # the signed x-amz-checksum-sha256 covers the body (module docstring)
+                    s3={"addressing_style": s.addressing_style, "payload_signing_enabled": False},
                     max_pool_connections=s.max_connections,
                     connect_timeout=s.connect_timeout,
                     read_timeout=s.read_timeout,
@@ -286,16 +298,34 @@ class S3BlobStore:
         docstring); a repeat PUTs again, renewing LastModified."""
         data = bytes(data)
         digest = await _sha256(data)
-        key = digest.hex()
-        checksum = base64.b64encode(digest).decode("ascii")
+        return await self._put_object(data, len(data), digest.hex())
+
+    async def put_file(self, path: Path, key: str) -> str:
+        """PUT the file's bytes as blob `key` (their SHA-256, computed by the caller),
+        streamed from the file; see the module docstring."""
+        if not _KEY_RE.match(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        try:
+            body = await asyncio.to_thread(open, path, "rb")
+        except OSError as exc:
+            raise StorageError(f"S3 put in bucket {self.bucket!r}: cannot read {path}: "
+                               f"{exc.strerror or exc}") from exc
+        try:
+            size = os.fstat(body.fileno()).st_size
+            return await self._put_object(body, size, key)
+        finally:
+            await asyncio.to_thread(body.close)
+
+    async def _put_object(self, body: bytes | BinaryIO, size: int, key: str) -> str:
+        checksum = base64.b64encode(bytes.fromhex(key)).decode("ascii")
         client = await self._s3()
         try:
-            async with asyncio.timeout(self._deadline(len(data))):
+            async with asyncio.timeout(self._deadline(size)):
                 response = await client.put_object(
                     Bucket=self.bucket,
                     Key=self.object_name(key),
-                    Body=data,
-                    ContentLength=len(data),
+                    Body=body,
+                    ContentLength=size,
                     ContentType="message/rfc822",
                     ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=checksum,

@@ -1,0 +1,1 @@
+"""Sans-IO pieces of SMTP (RFC 5321): DATA content decoding (`data`)."""
