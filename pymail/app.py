@@ -140,8 +140,8 @@ class Worker:
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
     tls_context: ssl.SSLContext | None = None
-    #: connections per client address, shared by every mail listener of this process
-    #: (None: ``limits.connections_per_ip = 0``, no limit)
+    #: connections per client address (held at once, and opened per minute), shared by
+    #: every mail listener of this process (None: both limits are 0)
     limiter: ConnectionLimiter | None = None
 
     async def start(self) -> list[str]:
@@ -150,8 +150,9 @@ class Worker:
         # Every mail listener: PROXY headers from the configured load balancers, and one
         # per-address connection count for all protocols of this process.
         trusted = TrustedProxies(cfg.server.proxy_protocol_from)
-        if cfg.limits.connections_per_ip:
-            self.limiter = ConnectionLimiter(cfg.limits.connections_per_ip)
+        limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
+                                    rate_per_minute=cfg.limits.connection_rate_per_ip)
+        self.limiter = limiter if limiter.enabled else None
         handler = MxHandler(
             router=Router(self.store.directory),
             deliverer=LocalDeliverer(self.store.blobs, self.store.index),
