@@ -6,6 +6,9 @@ listener bound; only then readiness is reported (log lines naming every address,
 progress finish within the grace period, say 421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
+With `server.loop_watchdog` above 0, each worker's event loop is watched from its first
+moment to its last (`pymail.net.watchdog`): code that holds it longer is logged.
+
 With `server.workers > 1` the parent prepares storage and certificates, then forks that
 many worker processes which each bind the same ports with SO_REUSEPORT and open their
 own storage connections; the parent forwards signals and waits.
@@ -36,6 +39,7 @@ from pymail.net.pop3 import MaildropLocks, Pop3Service
 from pymail.net.proxy import TrustedProxies
 from pymail.net.smtp import MxHandler, SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
+from pymail.net.watchdog import LoopWatchdog
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
@@ -329,6 +333,19 @@ class Worker:
 
 
 async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
+    watchdog = None
+    if config.server.loop_watchdog > 0:  # off: nothing is created
+        watchdog = LoopWatchdog(config.server.loop_watchdog)
+        watchdog.start()
+    try:
+        await _serve_worker(config, reuse_port, announce, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+async def _serve_worker(config: Config, reuse_port: bool, announce: bool,
+                        watchdog: LoopWatchdog | None) -> None:
     worker = Worker(config, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -339,6 +356,9 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
     except BaseException:
         await worker.stop()
         raise
+    if announce and watchdog is not None:
+        log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
+                 watchdog.threshold)
     if announce:  # the first (or only) worker also sweeps orphan blobs
         for line in lines:
             log.info(line)
