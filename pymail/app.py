@@ -6,8 +6,8 @@ listener bound; only then readiness is reported (log lines naming every address,
 progress finish within the grace period, say 421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
-With `server.loop_watchdog` above 0, each worker's event loop is watched from its first
-moment to its last (`pymail.net.watchdog`): code that holds it longer is logged.
+With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
+(`pymail.net.watchdog`): code that holds it longer is logged.
 
 With `server.workers > 1` the parent prepares storage and certificates, then forks that
 many worker processes which each bind the same ports with SO_REUSEPORT and open their
@@ -151,6 +151,11 @@ class Worker:
     async def start(self) -> list[str]:
         cfg = self.config
         self.store = await prepare_storage(cfg)
+        mail_listeners = ("smtp", "submission", "submissions", "imaps", "imap", "pop3s", "pop3")
+        if any(getattr(cfg.listen, name) for name in mail_listeners):
+            # Loading (or making) the certificate and key reads files, may wait for the
+            # other workers' lock and costs CPU: a thread's work, not the loop's.
+            await asyncio.to_thread(self._tls_context)
         # Every mail listener: PROXY headers from the configured load balancers, and one
         # per-address connection count for all protocols of this process.
         trusted = TrustedProxies(cfg.server.proxy_protocol_from)
@@ -333,19 +338,6 @@ class Worker:
 
 
 async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
-    watchdog = None
-    if config.server.loop_watchdog > 0:  # off: nothing is created
-        watchdog = LoopWatchdog(config.server.loop_watchdog)
-        watchdog.start()
-    try:
-        await _serve_worker(config, reuse_port, announce, watchdog)
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-
-
-async def _serve_worker(config: Config, reuse_port: bool, announce: bool,
-                        watchdog: LoopWatchdog | None) -> None:
     worker = Worker(config, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -356,20 +348,31 @@ async def _serve_worker(config: Config, reuse_port: bool, announce: bool,
     except BaseException:
         await worker.stop()
         raise
-    if announce and watchdog is not None:
-        log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
-                 watchdog.threshold)
-    if announce:  # the first (or only) worker also sweeps orphan blobs
-        for line in lines:
-            log.info(line)
-        worker.start_sweeper()
-        sdnotify.ready()
-    await stop.wait()
-    log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
-    sdnotify.stopping()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
-        loop.add_signal_handler(sig, lambda: os._exit(1))
-    await worker.stop()
+    # The watchdog watches the loop while it serves clients: from the moment every
+    # listener is bound to the end of the stop.  (Before, the start loads keys, whose
+    # checks keep the GIL for a moment, with no client to wait for them.)
+    watchdog = None
+    if config.server.loop_watchdog > 0:  # off: nothing is created
+        watchdog = LoopWatchdog(config.server.loop_watchdog)
+        watchdog.start()
+    try:
+        if announce:  # the first (or only) worker also sweeps orphan blobs
+            for line in lines:
+                log.info(line)
+            if watchdog is not None:
+                log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
+                         watchdog.threshold)
+            worker.start_sweeper()
+            sdnotify.ready()
+        await stop.wait()
+        log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
+        sdnotify.stopping()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        await worker.stop()
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     log.info("stopped")
 
 

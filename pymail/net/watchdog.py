@@ -6,8 +6,9 @@ stalls every other session of that process.  The watchdog names that code:
 
 * On the loop, a heartbeat callback re-arms itself every ``interval`` (a quarter of the
   threshold) and notes when its next run is due.
-* A watcher thread wakes every ``interval`` too.  When the heartbeat is late by more
-  than the threshold, it takes, at that moment, the stack of the loop thread
+* A watcher thread sleeps until the heartbeat would be late by the threshold (and again
+  from the new due time, if it ran meanwhile).  When the heartbeat is that late, the
+  watcher takes, at that moment, the stack of the loop thread
   (`sys._current_frames`) and the task the loop is running (`asyncio.current_task`: its
   name and coroutine), which name the command that holds the loop.
 * When the loop runs the heartbeat again, the heartbeat logs ONE warning line with how
@@ -23,12 +24,14 @@ pymail/net/imap/session.py:402 cmd_list > pymail/net/imap/session.py:512 _name_m
   48.800s``.
 
 Invariants: off (0) costs nothing, nothing is created; on, it costs one timer callback
-and one thread wake-up per interval.  A C call that keeps the GIL (``re`` matching) also
-keeps the watcher from running; the watcher then runs at the first bytecode boundary
+per interval and about one thread wake-up per threshold (an idle worker with 100 ms: 40
+callbacks and ~8 wake-ups a second, under 1 % of a core).  A C call that keeps the GIL
+(``re`` matching) also keeps the watcher from running; the watcher then runs at the first bytecode boundary
 after that call, while the loop thread is still in the Python function that made it, so
-the stack still names it.  Stall durations are how late the heartbeat ran: what any
-other ready callback waited, and at most one interval less than the hold itself.  Each stall is
-reported once; the watcher never touches the loop but through the loop's thread-safe
+the stack still names it; a hold the watcher could not see at all is still reported,
+without a stack, by the heartbeat.  Stall durations are how late the heartbeat ran:
+what any other ready callback waited, and at most one interval less than the hold
+itself.  Each stall is reported once; the watcher never touches the loop but through the loop's thread-safe
 state it reads.  Debugging aid only: it changes nothing the clients see.
 """
 
@@ -153,7 +156,8 @@ class LoopWatchdog:
             # held so that the watcher could not look (the whole process was stopped, or
             # a C call kept the GIL and the loop took it back first): report it without
             # a stack rather than not at all
-            stall = _Stall(self._due, "(the watcher did not run during it)", "(not taken)")
+            stall = _Stall(self._due, "(the watcher could not run: the GIL was held, by C code "
+                           "in this or another thread, or the process was stopped)", "(not taken)")
         if stall is not None:
             if stall.ongoing_reported:
                 log.info("event loop ran again after %.3fs", late)
@@ -167,16 +171,19 @@ class LoopWatchdog:
     # -- on the watcher thread ----------------------------------------------------
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.check()
+        pause = self.threshold
+        while not self._stop.wait(pause):
+            pause = self.check()
 
-    def check(self) -> None:
-        """One look at the heartbeat (the watcher thread calls it every interval)."""
+    def check(self) -> float:
+        """One look at the heartbeat (the watcher thread's); the seconds until the next
+        look is worth it: when the heartbeat would be over the threshold, or past the
+        threshold once more while a stall goes on."""
         ongoing = None
         with self._lock:
             late = self._clock() - self._due
             if late <= self.threshold:
-                return
+                return max(self.threshold - late, MIN_INTERVAL) + MIN_INTERVAL
             if self._stall is None:
                 frame = sys._current_frames().get(self._loop_thread)
                 stack = format_stack(frame) if frame is not None else "(loop thread gone)"
@@ -189,3 +196,4 @@ class LoopWatchdog:
             self.stalls += 1
             log.warning("event loop stalled %.3fs so far, still running (loop_watchdog %.3fs) %s; stack: %s",
                         late, self.threshold, ongoing.where, ongoing.stack)
+        return self.interval
