@@ -12,6 +12,10 @@
 #                                           # /dev and /sys are mounted for it and
 #                                           # unmounted after, and any process it left
 #                                           # behind inside the root is ended
+#   scripts/fresh-root.sh destroy           # unmount what is below the root, check
+#                                           # that nothing is, and remove it (never
+#                                           # remove a root with plain rm -rf: while
+#                                           # `run` is active its /dev is this machine's)
 #   scripts/fresh-root.sh prove [SOURCE]    # create (if missing) + clone + run
 #                                           # ./scripts/test.sh; then ./scripts/run.sh is
 #                                           # started and must answer 220 on 127.0.0.1:2525
@@ -85,6 +89,7 @@ copy_settings() {
 }
 
 cmd_create() {
+    unmount_all || die "not touching $ROOT"
     if [ -x "$ROOT/usr/bin/apt-get" ] && [ -f "$ROOT/etc/debian_version" ]; then
         say "$ROOT exists already (remove it for a new one)"
     else
@@ -119,7 +124,23 @@ inside_pids() {
     done
 }
 
-MOUNTED=()
+# Mount points at or below $ROOT, deepest first (from the kernel's own table).
+mounts_below() {
+    awk -v root="$ROOT" '$2 == root || index($2, root "/") == 1 {print $2}' /proc/self/mounts | sort -r
+}
+
+# Unmount everything below $ROOT, one mount at a time (umount -R is not supported
+# everywhere, e.g. under gVisor), and make sure nothing is left: /dev below the root is
+# this machine's own /dev, which a later rm -rf of the root must never reach.
+unmount_all() {
+    local m
+    for m in $(mounts_below); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    if [ -n "$(mounts_below)" ]; then
+        say "still mounted below $ROOT: $(mounts_below | tr '\n' ' ')(unmount them by hand)"
+        return 1
+    fi
+}
+
 mount_all() {
     local m
     for m in proc sys dev; do
@@ -127,10 +148,9 @@ mount_all() {
         mkdir -p "$ROOT/$m"
         case $m in
             proc) mount -t proc proc "$ROOT/proc" ;;
-            sys) mount --rbind /sys "$ROOT/sys"; mount --make-rslave "$ROOT/sys" ;;
-            dev) mount --rbind /dev "$ROOT/dev"; mount --make-rslave "$ROOT/dev" ;;  # with /dev/shm, /dev/pts
+            sys) mount --rbind /sys "$ROOT/sys"; mount --make-rslave "$ROOT/sys" 2>/dev/null || true ;;
+            dev) mount --rbind /dev "$ROOT/dev"; mount --make-rslave "$ROOT/dev" 2>/dev/null || true ;;  # with /dev/shm, /dev/pts
         esac
-        MOUNTED+=("$ROOT/$m")
     done
 }
 
@@ -143,10 +163,18 @@ cleanup() {
         for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.5; [ -z "$(inside_pids)" ] && break; done
         pids=$(inside_pids); [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
     fi
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount -R "${MOUNTED[$i]}" 2>/dev/null || umount -lR "${MOUNTED[$i]}" || true
-    done
-    MOUNTED=()
+    unmount_all
+}
+
+# Remove the root: only once nothing is mounted below it, and never across a file
+# system boundary (rm --one-file-system), so this machine's /dev, /proc and /sys are safe
+# even if an unmount was missed.
+cmd_destroy() {
+    [ -e "$ROOT" ] || return 0
+    [ -z "$(inside_pids)" ] || die "processes still run inside $ROOT: $(inside_pids | tr '\n' ' ')"
+    unmount_all || die "not removing $ROOT"
+    say "removing $ROOT"
+    rm -rf --one-file-system "$ROOT"
 }
 
 # The environment of a new root login, plus how this machine reaches the registries.
@@ -170,9 +198,9 @@ cmd_run() {
     mount_all
     local envs=()
     mapfile -t envs < <(inside_env)
-    env -i "${envs[@]}" chroot "$ROOT" /bin/bash -c 'cd "$1" && shift && exec "$@"' - "$dir" "$@" || status=$?
-    cleanup
+    env -i "${envs[@]}" chroot "$ROOT" /bin/bash -c 'cd "$1" && shift && exec "$@"' - "$dir" "$@" </dev/null || status=$?
     trap - EXIT
+    cleanup || status=$((status ? status : 1))
     return "$status"
 }
 
@@ -184,7 +212,7 @@ prove_run() {
     mount_all
     local envs=()
     mapfile -t envs < <(inside_env)
-    env -i "${envs[@]}" chroot "$ROOT" /bin/bash -c 'cd /root/pymail && exec ./scripts/run.sh' >"$log" 2>&1 &
+    env -i "${envs[@]}" chroot "$ROOT" /bin/bash -c 'cd /root/pymail && exec ./scripts/run.sh' </dev/null >"$log" 2>&1 &
     local pid=$!
     for i in $(seq 1 600); do  # the first start installs pymail into a new venv
         if ! kill -0 "$pid" 2>/dev/null; then break; fi
@@ -197,8 +225,8 @@ prove_run() {
     local pids; pids=$(inside_pids); [ -n "$pids" ] && kill -TERM $pids 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     say "run.sh stopped: $(tail -n 1 "$log")"
-    cleanup
     trap - EXIT
+    cleanup || ok=
     [ -n "$ok" ]
 }
 
@@ -215,6 +243,7 @@ cmd_prove() {
 
 case "${1:-}" in
     create) shift; cmd_create "$@" ;;
+    destroy) shift; cmd_destroy ;;
     clone) shift; cmd_clone "$@" ;;
     run) shift; cmd_run "$@" ;;
     prove) shift; cmd_prove "$@" ;;
