@@ -11,7 +11,7 @@ Every server it starts runs with the event-loop watchdog on (``server.loop_watch
 `PymailServer.stalls()` reads them back.  Tests do not fail on stalls by default (a busy
 2-core box has GC pauses and TLS handshakes); a hardening test asserts on them.
 
-`client_tool()` / `client_module()` find a real client (swaks, curl, ...) a test drives:
+`client_tool()` / `client_feature()` / `client_module()` find a real client (swaks, curl, ...) a test drives:
 a skip when it is missing, but a failure naming the package under the README's test
 command (``scripts/test.sh`` exports ``PYMAIL_TEST_STRICT=1``), which installs them all.
 """
@@ -29,8 +29,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -83,11 +83,11 @@ def _probe(path: str, args: tuple[str, ...]) -> str:
 def client_module(name: str, package: str, minversion: str | None = None) -> ModuleType:
     """`pytest.importorskip` for a client library a test drives (`package` names where it
     comes from); under scripts/test.sh a missing one is a failure, not a skip."""
-    if not STRICT:
-        return pytest.importorskip(name, minversion=minversion)
     try:
         return pytest.importorskip(name, minversion=minversion)
     except pytest.skip.Exception as e:
+        if not STRICT:
+            raise
         pytest.fail(f"{e.msg}: install {package} (scripts/test.sh installs it)", pytrace=False)
 
 
