@@ -86,8 +86,17 @@ def format_stack(frame, limit: int = STACK_FRAMES) -> str:
     return prefix + " > ".join(entries[-limit:])
 
 
-def _describe_task(task: asyncio.Task | None) -> str:
+#: Innermost Python functions of a loop thread that is in the event loop's own code
+#: (uvloop's is C, below `Runner.run`; asyncio's waits in `select`), not in a callback's.
+_LOOP_OWN_CODE = frozenset({"Runner.run", "run_forever", "BaseEventLoop.run_forever", "_run_once",
+                            "BaseEventLoop._run_once", "EpollSelector.select", "select"})
+
+
+def _describe_task(task: asyncio.Task | None, frame) -> str:
     if task is None:
+        if frame is not None and getattr(frame.f_code, "co_qualname", frame.f_code.co_name) in _LOOP_OWN_CODE:
+            return ("in the event loop's own code (no Python callback ran: I/O or TLS in C, "
+                    "or the process waited for a core)")
         return "in a callback (no task)"
     coro = task.get_coro()
     name = getattr(coro, "__qualname__", None) or type(coro).__name__
@@ -188,7 +197,7 @@ class LoopWatchdog:
                 frame = sys._current_frames().get(self._loop_thread)
                 stack = format_stack(frame) if frame is not None else "(loop thread gone)"
                 task = asyncio.current_task(self._loop) if self._loop is not None else None
-                self._stall = _Stall(self._due, _describe_task(task), stack)
+                self._stall = _Stall(self._due, _describe_task(task, frame), stack)
             elif late >= self.ongoing_report and not self._stall.ongoing_reported:
                 self._stall.ongoing_reported = True
                 ongoing = self._stall

@@ -146,3 +146,21 @@ def test_format_stack_is_one_line_outermost_first() -> None:
     assert text.endswith(" test_format_stack_is_one_line_outermost_first.<locals>.outer > "
                          f"tests/unit/test_watchdog.py:{inner.__code__.co_firstlineno + 3} "
                          "test_format_stack_is_one_line_outermost_first.<locals>.inner")
+
+
+def test_a_hold_in_the_loops_own_code_says_so(caplog) -> None:
+    """uvloop runs its I/O and TLS in C below `Runner.run`: a hold there (here, a C
+    callback, time.sleep itself) names no Python callback, and says where it was."""
+    caplog.set_level(logging.INFO, "pymail.watchdog")
+
+    async def main() -> None:
+        watchdog = LoopWatchdog(0.1)
+        watchdog.start()
+        asyncio.get_running_loop().call_soon(time.sleep, 0.4)
+        await asyncio.sleep(0.6)
+        watchdog.stop()
+
+    uvloop.run(main())
+    [stall] = warnings(caplog)
+    assert stall["where"].startswith("in the event loop's own code"), stall[0]
+    assert stall["stack"].endswith(" Runner.run"), stall["stack"]
