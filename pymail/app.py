@@ -6,6 +6,9 @@ listener bound; only then readiness is reported (log lines naming every address,
 progress finish within the grace period, say 421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
+With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
+(`pymail.net.watchdog`): code that holds it longer is logged.
+
 With `server.workers > 1` the parent prepares storage and certificates, then forks that
 many worker processes which each bind the same ports with SO_REUSEPORT and open their
 own storage connections; the parent forwards signals and waits.
@@ -38,6 +41,7 @@ from pymail.net.proxy import TrustedProxies
 from pymail.net.mx import MxHandler
 from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
+from pymail.net.watchdog import LoopWatchdog
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 
 log = logging.getLogger("pymail")
@@ -153,18 +157,24 @@ class Worker:
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
     tls_context: ssl.SSLContext | None = None
-    #: connections per client address, shared by every mail listener of this process
-    #: (None: ``limits.connections_per_ip = 0``, no limit)
+    #: connections per client address (held at once, and opened per minute), shared by
+    #: every mail listener of this process (None: both limits are 0)
     limiter: ConnectionLimiter | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
         self.store = await prepare_storage(cfg)
+        mail_listeners = ("smtp", "submission", "submissions", "imaps", "imap", "pop3s", "pop3")
+        if any(getattr(cfg.listen, name) for name in mail_listeners):
+            # Loading (or making) the certificate and key reads files, may wait for the
+            # other workers' lock and costs CPU: a thread's work, not the loop's.
+            await asyncio.to_thread(self._tls_context)
         # Every mail listener: PROXY headers from the configured load balancers, and one
         # per-address connection count for all protocols of this process.
         trusted = TrustedProxies(cfg.server.proxy_protocol_from)
-        if cfg.limits.connections_per_ip:
-            self.limiter = ConnectionLimiter(cfg.limits.connections_per_ip)
+        limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
+                                    rate_per_minute=cfg.limits.connection_rate_per_ip)
+        self.limiter = limiter if limiter.enabled else None
         handler = MxHandler(
             router=Router(self.store.directory),
             deliverer=LocalDeliverer(self.store.blobs, self.store.index),
@@ -360,17 +370,31 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
     except BaseException:
         await worker.stop()
         raise
-    if announce:  # the first (or only) worker also sweeps orphan blobs
-        for line in lines:
-            log.info(line)
-        worker.start_sweeper()
-        sdnotify.ready()
-    await stop.wait()
-    log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
-    sdnotify.stopping()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
-        loop.add_signal_handler(sig, lambda: os._exit(1))
-    await worker.stop()
+    # The watchdog watches the loop while it serves clients: from the moment every
+    # listener is bound to the end of the stop.  (Before, the start loads keys, whose
+    # checks keep the GIL for a moment, with no client to wait for them.)
+    watchdog = None
+    if config.server.loop_watchdog > 0:  # off: nothing is created
+        watchdog = LoopWatchdog(config.server.loop_watchdog)
+        watchdog.start()
+    try:
+        if announce:  # the first (or only) worker also sweeps orphan blobs
+            for line in lines:
+                log.info(line)
+            if watchdog is not None:
+                log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
+                         watchdog.threshold)
+            worker.start_sweeper()
+            sdnotify.ready()
+        await stop.wait()
+        log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
+        sdnotify.stopping()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        await worker.stop()
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     log.info("stopped")
 
 

@@ -2,16 +2,33 @@
 # The README's "test" command (and all that .ci/run does): install what the tests need,
 # start the helper services they use, run the whole suite, stop what was started.
 # Extra arguments go to pytest (e.g. -k smtp, -x).
+#
+# Every client the tests drive is installed here, so under this command a missing one
+# fails its test with the package to install instead of skipping it
+# (PYMAIL_TEST_STRICT=1, tests/pymail_harness.py `client_tool`).
 source "$(dirname "$0")/lib.sh"
-# swaks: a real SMTP client the end-to-end tests drive; openssl: certificate checks;
-# curl, isync (mbsync): real IMAP clients tests/e2e/test_imap_clients.py drives;
-# fetchmail, getmail6 (and curl): real POP3 clients tests/e2e/test_pop3_clients.py drives;
-# postgresql: the tests run a private throw-away cluster on a free loopback port
-# (tests/services/postgres.py), never the system one.
-# slapd, ldap-utils: a private OpenLDAP server on a free loopback port for the LDAP
-# domains (tests/services/slapd.py); fail2ban: fail2ban-regex checks contrib/fail2ban
-# against pymail's own log (tests/e2e/test_fail2ban.py).
-apt_need swaks openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban
+# Packages are installed without their Recommends (scripts/lib.sh), so a feature a test
+# uses that Debian ships in a Recommends or a separate package is named here on its own.
+# Audited for Debian 12 (apt-cache show NAME: Depends / Recommends):
+# - swaks: a real SMTP client the end-to-end tests drive.  Its TLS (--tls, --tlsc) needs
+#   Net::SSLeay, a Recommends: libnet-ssleay-perl.  (Its other Recommends are not used:
+#   libnet-dns-perl for MX routing, we always give --server; libio-socket-inet6-perl for
+#   IPv6, we use 127.0.0.1.  AUTH PLAIN/LOGIN/CRAM-MD5 need only perl's own modules.)
+# - openssl: certificate checks (tests/unit/test_certs.py); Depends is enough.
+# - curl, isync (mbsync): real IMAP clients (tests/e2e/test_imap_clients.py); curl's TLS,
+#   IMAP, POP3 and SASL are built in (libcurl4 Depends); mbsync logs in with LOGIN when
+#   Cyrus SASL's PLAIN module (libsasl2-modules, a Recommends) is absent.
+# - fetchmail, getmail6 (and curl): real POP3 clients (tests/e2e/test_pop3_clients.py);
+#   both verify against the CA file the test names (no ca-certificates needed).
+# - postgresql: the tests run a private throw-away cluster on a free loopback port
+#   (tests/services/postgres.py), never the system one; its locale C.UTF-8 is glibc's own.
+# - slapd, ldap-utils (a Recommends of slapd): a private OpenLDAP server on a free
+#   loopback port for the LDAP domains (tests/services/slapd.py); back_mdb is in slapd.
+# - fail2ban: fail2ban-regex and fail2ban-client -d check contrib/fail2ban against
+#   pymail's own log (tests/e2e/test_fail2ban.py); neither needs the Recommends
+#   (python3-systemd, an nftables|iptables firewall), which only a running jail uses.
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban
 venv_need test
 cd "$ROOT"
+export PYMAIL_TEST_STRICT=1
 exec "$VENV/bin/python" -m pytest "$@"

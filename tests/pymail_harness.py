@@ -1,22 +1,40 @@
 """Run a real pymail server process for the end-to-end tests, and talk to it.
 
 `PymailServer` writes a config into a temporary directory, starts `python -m pymail
-serve --config ...` as a child process on free loopback ports, waits until the log says
-it listens, and gives the tests: the address, the CLI (`cli(...)`), the store read back
-through the `Index`/`BlobStore` interfaces (`store()`), and stop/kill.
+serve --config ...` as a child process on free loopback ports, waits until every port it
+was given accepts connections (or says how the process exited, with its log), and gives
+the tests: the address, the CLI (`cli(...)`), the store read back through the
+`Index`/`BlobStore` interfaces (`store()`), and stop/kill.
+
+Every server it starts runs with the event-loop watchdog on (``server.loop_watchdog =
+"100ms"``, `pymail.net.watchdog`), so each e2e server log records what held its loop;
+`PymailServer.stalls()` reads them back.  Tests do not fail on stalls by default (a busy
+2-core box has GC pauses and TLS handshakes); a hardening test asserts on them.
+
+`client_tool()` / `client_feature()` / `client_module()` find a real client (swaks, curl, ...) a test drives:
+a skip when it is missing, but a failure naming the package under the README's test
+command (``scripts/test.sh`` exports ``PYMAIL_TEST_STRICT=1``), which installs them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 from pymail.app import open_configured_store
 from pymail.config import load_config
@@ -25,17 +43,98 @@ from pymail.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+#: Set by scripts/test.sh (the README's test command, which installs every client).
+STRICT = os.environ.get("PYMAIL_TEST_STRICT") == "1"
+
+
+def client_tool(name: str, package: str) -> str:
+    """The path of the client program `name` (from the Debian package `package`) a test
+    drives.  Missing: a skip, or under scripts/test.sh a failure naming the package."""
+    path = shutil.which(name) or next(
+        (f"{d}/{name}" for d in ("/usr/sbin", "/sbin") if os.access(f"{d}/{name}", os.X_OK)), None)
+    if path is None:
+        message = f"{name} is not installed: install the Debian package '{package}'"
+        if STRICT:
+            pytest.fail(f"{message} (scripts/test.sh installs it; did its apt-get fail?)", pytrace=False)
+        pytest.skip(f"{message} (scripts/test.sh does)")
+    return path
+
+
+def client_feature(name: str, package: str, *, probe: tuple[str, ...], expect: str, feature: str,
+                   feature_package: str) -> str:
+    """`client_tool`, and the client must also have `feature`: the output of running it
+    with `probe` contains `expect` (e.g. ``swaks --support`` says ``=== TLS supported``).
+    Missing: a skip, or under scripts/test.sh a failure naming `feature_package`."""
+    path = client_tool(name, package)
+    if expect not in _probe(path, probe):
+        message = f"{name} has no {feature}: install the Debian package '{feature_package}'"
+        if STRICT:
+            pytest.fail(f"{message} (scripts/test.sh installs it; did its apt-get fail?)", pytrace=False)
+        pytest.skip(f"{message} (scripts/test.sh does)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(path: str, args: tuple[str, ...]) -> str:
+    result = subprocess.run([path, *args], capture_output=True, text=True, timeout=60)
+    return result.stdout + result.stderr
+
+
+def client_module(name: str, package: str, minversion: str | None = None) -> ModuleType:
+    """`pytest.importorskip` for a client library a test drives (`package` names where it
+    comes from); under scripts/test.sh a missing one is a failure, not a skip."""
+    try:
+        return pytest.importorskip(name, minversion=minversion)
+    except pytest.skip.Exception as e:
+        if not STRICT:
+            raise
+        pytest.fail(f"{e.msg}: install {package} (scripts/test.sh installs it)", pytrace=False)
+
+
+class ServerExited(RuntimeError):
+    """The server process ended while the harness waited for it."""
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None,
+                  log: Callable[[], str] | None = None) -> None:
     """Return once 127.0.0.1:`port` accepts TCP connections (RuntimeError after
-    `timeout` seconds)."""
+    `timeout` seconds).  With `proc`, `ServerExited` as soon as that process has ended,
+    with its exit code and `log()`, instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServerExited(f"pymail exited with {proc.returncode}:\n{log() if log else ''}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
-    raise RuntimeError(f"port {port} does not accept connections")
+    raise RuntimeError(f"port {port} does not accept connections{':' + chr(10) + log() if log else ''}")
+
+
+#: A watchdog warning (pymail/net/watchdog.py) in a server log.
+_STALL = re.compile(
+    r"WARNING pymail\.watchdog\[(?P<pid>\d+)\]: event loop stalled (?P<seconds>\d+(?:\.\d+)?)s"
+    r"(?P<ongoing> so far, still running)? \(loop_watchdog [^)]*\) (?P<where>.*?); stack: (?P<stack>.*)$")
+_RAN_AGAIN = re.compile(r"INFO pymail\.watchdog\[(?P<pid>\d+)\]: event loop ran again after "
+                        r"(?P<seconds>\d+(?:\.\d+)?)s")
+
+
+@dataclass
+class Stall:
+    """One event-loop stall a server's watchdog logged."""
+
+    seconds: float  #: how long the loop was held (so far, while `ongoing`)
+    where: str  #: the task, e.g. "in task 'Task-7' (SMTP._handle_client)"
+    stack: str  #: the loop thread's stack, outermost first, " > " between frames
+    pid: int  #: the worker process
+    ongoing: bool  #: the log ends before the loop ran again
+    line: str  #: the whole log line
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.3f}s {self.where}: {self.stack}"
 
 
 def free_port() -> int:
@@ -51,9 +150,12 @@ class PymailServer:
                  workers: int = 1, storage_config: str = "", port: int | None = None,
                  http: bool = False, imaps: bool = False, imap: bool = False,
                  pop3s: bool = False, pop3: bool = False, submission: bool = False,
-                 submissions: bool = False, server_config: str = "") -> None:
+                 submissions: bool = False, server_config: str = "",
+                 loop_watchdog: str | None = "100ms") -> None:
         """`server_config`: more lines for the [server] section (`extra_config` comes
-        after every section, so it cannot add to one the harness writes)."""
+        after every section, so it cannot add to one the harness writes).
+        `loop_watchdog`: the server's ``server.loop_watchdog`` (None: leave it unset, i.e.
+        off; a ``loop_watchdog`` line in `server_config` wins)."""
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.port = port or free_port()
@@ -66,12 +168,16 @@ class PymailServer:
         self.submissions_port = free_port() if submissions else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
+        watchdog_line = ""
+        if loop_watchdog is not None and not re.search(r"(?m)^\s*loop_watchdog\s*=", server_config):
+            watchdog_line = f'loop_watchdog = "{loop_watchdog}"'
         self.config_path.write_text(
             f"""
 [server]
 hostname = "{hostname}"
 data_dir = "{self.data_dir}"
 workers = {workers}
+{watchdog_line}
 {server_config}
 
 [listen]
@@ -108,7 +214,7 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pymail exited with {self.proc.returncode}:\n{self.log()}")
+                raise ServerExited(f"pymail exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(512).startswith(b"220"):
@@ -116,11 +222,12 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
             time.sleep(0.05)
         else:
             raise RuntimeError(f"pymail did not start:\n{self.log()}")
-        # the other listeners are bound right after the MX: wait for each of them too
+        # The other listeners are bound after the MX: wait for each of them too, and
+        # notice a start that fails after the MX greeted (e.g. at the IMAP listener).
         for port in (self.submission_port, self.submissions_port, self.imaps_port, self.imap_port,
                      self.pop3s_port, self.pop3_port, self.http_port):
             if port is not None:
-                wait_for_port(port, max(deadline - time.monotonic(), 1.0))
+                wait_for_port(port, max(deadline - time.monotonic(), 1.0), proc=self.proc, log=self.log)
         return self
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -184,6 +291,34 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_mark(self) -> int:
+        """Where the log ends now: `stalls(since=mark)` reads only what comes after."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def stalls(self, since: int = 0, *, longer_than: float = 0.0) -> list[Stall]:
+        """The event-loop stalls the server's watchdog logged (see the module docstring),
+        in order, after log offset `since` (`log_mark()`), longer than `longer_than`
+        seconds.  A stall logged while it went on gets its final length from the line
+        saying the loop ran again, when that is in the log too."""
+        if not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        found: list[Stall] = []
+        open_stall: dict[int, Stall] = {}  # pid -> a stall logged while it went on
+        for line in text.splitlines():
+            if m := _STALL.search(line):
+                stall = Stall(float(m["seconds"]), m["where"], m["stack"], int(m["pid"]),
+                              bool(m["ongoing"]), line)
+                found.append(stall)
+                if stall.ongoing:
+                    open_stall[stall.pid] = stall
+            elif (m := _RAN_AGAIN.search(line)) and int(m["pid"]) in open_stall:
+                stall = open_stall.pop(int(m["pid"]))
+                stall.seconds, stall.ongoing = float(m["seconds"]), False
+        return [s for s in found if s.seconds > longer_than]
 
     # -- CLI and storage --------------------------------------------------------------
 

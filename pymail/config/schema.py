@@ -382,7 +382,9 @@ class LimitsConfig(_Section):
         le=1_000_000,
         description="New connections one client address may open per minute to one pymail "
         "process, all mail services together (Postfix's smtpd_client_connection_rate_limit); "
-        "more are refused like connections_per_ip. Counted per worker process. 0: no limit.",
+        "more are refused like connections_per_ip. The minute starts at the address's first "
+        "attempt and every attempt counts, a refused one too. Counted per worker process. "
+        "0: no limit.",
     )
     command_timeout: Duration = Field(
         default=60.0,

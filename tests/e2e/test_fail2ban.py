@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.imap_login import imap_login, start_with_imaps
-from tests.pymail_harness import REPO, PymailServer
+from tests.pymail_harness import REPO, PymailServer, client_tool
 
 FILTER = REPO / "contrib" / "fail2ban" / "filter.d" / "pymail.conf"
 JAIL = REPO / "contrib" / "fail2ban" / "jail.d" / "pymail.conf"
@@ -28,9 +28,7 @@ FAILED = "[AUTHENTICATIONFAILED] Authentication failed"
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} not found: install the Debian package 'fail2ban' (scripts/test.sh does)"
-    return path
+    return client_tool(name, "fail2ban")
 
 
 def fail2ban_ips(log: Path) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import ssl
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import pytest
 
 from tests.conftest import StorageSetup
 from tests.e2e.test_imap import deliver
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, client_tool
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"
@@ -66,8 +65,8 @@ def curl(server: PymailServer, path: str, password: str = PASSWORD) -> subproces
     )
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (scripts/test.sh installs it)")
 def test_curl_reads_and_lists(server: PymailServer) -> None:
+    client_tool("curl", "curl")
     deliver(server, make_message(1))
     [(uid, stored, _)] = server.inbox(ALICE)
     assert uid == 1 and stored.endswith(make_message(1))
@@ -108,8 +107,8 @@ def maildir_files(inbox: Path) -> list[Path]:
     return sorted(p for sub in ("new", "cur") for p in (inbox / sub).iterdir() if p.is_file())
 
 
-@pytest.mark.skipif(shutil.which("mbsync") is None, reason="isync not installed (scripts/test.sh installs it)")
 def test_mbsync_syncs_both_ways(server: PymailServer, tmp_path: Path) -> None:
+    client_tool("mbsync", "isync")
     for n in (1, 2, 3):
         deliver(server, make_message(n))
     stored = {uid: blob for uid, blob, _ in server.inbox(ALICE)}

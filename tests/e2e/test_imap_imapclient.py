@@ -25,9 +25,9 @@ import pytest
 
 from tests.conftest import StorageSetup
 from tests.e2e.test_imap import deliver
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, client_module
 
-imapclient = pytest.importorskip("imapclient", minversion="3")
+imapclient = client_module("imapclient", "the Python package imapclient>=3 (pyproject.toml [test])", minversion="3")
 
 ALICE = "alice@example.test"
 PASSWORD = "secret-pw"

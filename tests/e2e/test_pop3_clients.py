@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BACKEND_PAIRS, make_storage
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, client_tool
 
 PASSWORD = "secret-pw"
 HOSTNAME = "mx.test.example"  # the name in the embedded default's certificate
@@ -49,6 +48,16 @@ def user(server: PymailServer) -> str:
     address = f"client{next(_serial)}@example.test"
     server.add_user(address, PASSWORD)
     return address
+
+
+#: the Debian package of each client program these tests drive
+PACKAGES = {"fetchmail": "fetchmail", "getmail": "getmail6", "curl": "curl", "swaks": "swaks"}
+
+
+def clients(name: str) -> None:
+    """The POP3 client `name` and swaks (which delivers) must be installed."""
+    for tool in (name, "swaks"):
+        client_tool(tool, PACKAGES[tool])
 
 
 def swaks(server: PymailServer, to: str, subject: str, body: str) -> None:
@@ -121,10 +130,9 @@ def fetchmail(server: PymailServer, user: str, workdir: Path, *, implicit_tls: b
     return output
 
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None or shutil.which("swaks") is None,
-                    reason="fetchmail/swaks not installed (scripts/test.sh installs them)")
 def test_swaks_then_fetchmail_over_pop3s_and_imap_sees_the_deletion(
         server: PymailServer, user: str, tmp_path: Path) -> None:
+    clients("fetchmail")
     stored = deliver_three(server, user)
     watcher = server.imaps_client(user, PASSWORD)
     assert watcher.select("INBOX") == ("OK", [b"3"])
@@ -144,9 +152,8 @@ def test_swaks_then_fetchmail_over_pop3s_and_imap_sees_the_deletion(
     watcher.logout()
 
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None or shutil.which("swaks") is None,
-                    reason="fetchmail/swaks not installed (scripts/test.sh installs them)")
 def test_fetchmail_over_pop3_with_stls(server: PymailServer, user: str, tmp_path: Path) -> None:
+    clients("fetchmail")
     stored = deliver_three(server, user)
     output = fetchmail(server, user, tmp_path / "fetchmail", implicit_tls=False)
     assert "POP3> STLS" in output and "POP3< +OK Begin TLS negotiation now" in output, output
@@ -158,9 +165,8 @@ def test_fetchmail_over_pop3_with_stls(server: PymailServer, user: str, tmp_path
 # -- getmail6 ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("getmail") is None or shutil.which("swaks") is None,
-                    reason="getmail6/swaks not installed (scripts/test.sh installs them)")
 def test_getmail6_over_pop3s_retrieves_and_deletes(server: PymailServer, user: str, tmp_path: Path) -> None:
+    clients("getmail")
     stored = deliver_three(server, user)
     mda = write_mda(tmp_path)
     rcdir = tmp_path / "getmail"
@@ -202,9 +208,8 @@ def curl(server: PymailServer, user: str, url: str, *extra: str,
     )
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("swaks") is None,
-                    reason="curl/swaks not installed (scripts/test.sh installs them)")
 def test_curl_lists_retrieves_and_deletes(server: PymailServer, user: str) -> None:
+    clients("curl")
     stored = deliver_three(server, user)
     pop3s = f"pop3s://127.0.0.1:{server.pop3s_port}"
     result = curl(server, user, pop3s + "/")  # LIST

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import smtplib
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, client_tool
 
 MESSAGE = (
     b"From: Carol <carol@remote.example>\r\n"
@@ -99,8 +98,7 @@ def test_smtplib_delivery_is_stored_byte_exact(server: PymailServer) -> None:
 
 
 def test_swaks_delivery(server: PymailServer, tmp_path: Path) -> None:
-    if shutil.which("swaks") is None:
-        pytest.fail("swaks is not installed: scripts/test.sh installs it")
+    client_tool("swaks", "swaks")
     data = tmp_path / "msg.eml"
     # swaks sends the file's lines with CRLF and then "\r\n.\r\n": no final newline here
     data.write_bytes(MESSAGE.replace(b"\r\n", b"\n").removesuffix(b"\n"))

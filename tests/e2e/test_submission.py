@@ -5,7 +5,6 @@ LOGIN, the relay and sender-ownership policy, and STARTTLS command injection."""
 from __future__ import annotations
 
 import base64
-import shutil
 import smtplib
 import socket
 import ssl
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StorageSetup
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, client_feature, client_tool
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -39,8 +38,11 @@ def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
 
 
 def swaks(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("swaks") is None:
-        pytest.fail("swaks is not installed: scripts/test.sh installs it")
+    if {"--tls", "--tlsc", "--tls-on-connect", "-tls", "-tlsc"} & set(args):
+        client_feature("swaks", "swaks", probe=("--support",), expect="=== TLS supported", feature="TLS",
+                       feature_package="libnet-ssleay-perl")
+    else:
+        client_tool("swaks", "swaks")
     return subprocess.run(["swaks", "--timeout", "30", *args], capture_output=True, text=True, timeout=90)
 
 

@@ -25,9 +25,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pymail.net.certs import TlsFiles, ensure_embedded_certificates, make_server_context
+from tests.pymail_harness import client_tool
 
 HOST = "mail.example.test"
 OPENSSL = shutil.which("openssl")
+
+
+@pytest.fixture
+def openssl() -> str:
+    """The openssl command (a skip without it; a failure under scripts/test.sh)."""
+    return client_tool("openssl", "openssl")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +81,7 @@ def test_files_and_modes(made: TlsFiles) -> None:
     assert not list(tls_dir.glob(".*.tmp")), "temp files left behind"
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="openssl command not installed")
+@pytest.mark.usefixtures("openssl")
 def test_openssl_verifies_chain_hostname_and_ips(made: TlsFiles) -> None:
     result = _openssl_verify(made, "-purpose", "sslserver")
     assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result
@@ -86,7 +93,7 @@ def test_openssl_verifies_chain_hostname_and_ips(made: TlsFiles) -> None:
     assert result.returncode != 0
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="openssl command not installed")
+@pytest.mark.usefixtures("openssl")
 def test_openssl_refuses_the_leaf_as_a_ca(made: TlsFiles, tmp_path: Path) -> None:
     # The leaf must not be able to sign (CA=FALSE, no keyCertSign): a certificate "issued"
     # by it does not chain, while the CA is limited to one level (pathlen 0) anyway.
@@ -167,7 +174,7 @@ def test_second_call_keeps_files_byte_identical(tls_copy: Path) -> None:
     assert _contents(tls_copy) == before
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="openssl command not installed")
+@pytest.mark.usefixtures("openssl")
 def test_hostname_change_reissues_leaf_keeps_ca(tls_copy: Path) -> None:
     before = _contents(tls_copy)
     files = ensure_embedded_certificates(tls_copy, "imap.example.org")

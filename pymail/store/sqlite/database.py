@@ -20,7 +20,9 @@ Invariants:
 * Reads: a small thread pool, one read connection per thread, each read inside one
   ``BEGIN``/``COMMIT`` so it sees one snapshot; WAL lets reads run during writes.
 * Every connection: ``journal_mode=WAL``, ``synchronous=FULL``, ``foreign_keys=ON``,
-  ``busy_timeout`` (several pymail processes may share the file).
+  ``busy_timeout`` (several pymail processes may share the file).  Several processes
+  opening a new file at once all succeed: the switch to WAL, for which SQLite does not
+  honour the busy timeout, is retried within it (`SqliteDatabase._ensure_wal`).
 * `sqlite3.Error` and `OSError` from a job surface as `StorageError`; other exceptions
   (`NotFound`, `AlreadyExists`, `ValueError`) are answers about the data and pass through.
 * Opening is cheap: no file is touched until the first read or write.  `close()` runs the
@@ -37,8 +39,10 @@ import datetime as _dt
 import logging
 import os
 import queue
+import random
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections import deque
@@ -85,6 +89,14 @@ def _to_storage_error(exc: BaseException) -> BaseException:
         err.__cause__ = exc
         return err
     return exc
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (primary codes, whatever the extended one)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc)  # pragma: no cover - Python < 3.11 has no error codes
 
 
 def _resolve(job: _Job, ok: bool, value: Any) -> None:
@@ -154,7 +166,7 @@ class SqliteDatabase:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._ensure_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             if read_only:
@@ -163,6 +175,36 @@ class SqliteDatabase:
             conn.close()
             raise
         return conn
+
+    def _ensure_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (it stays so: later opens only read the mode).
+
+        Switching a file (a new one is in rollback mode) to WAL needs an exclusive lock,
+        and SQLite does not wait for it as it waits for other locks: when two connections
+        (two pymail processes, or a CLI command beside the daemon) switch the same new
+        file at once, each holds a shared lock and wants the exclusive one, and SQLite
+        answers one of them "database is locked" at once instead of calling the busy
+        handler, which would deadlock them ("If SQLite determines that invoking the busy
+        handler could result in a deadlock, it will go ahead and return SQLITE_BUSY",
+        sqlite3_busy_handler()).  That connection's statement has ended and released its
+        lock, so the other one proceeds: retry here, with growing pauses, for as long as
+        the busy timeout allows."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.001
+        while True:
+            try:
+                # reading the mode takes a shared lock, for which SQLite does wait
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() == "wal":
+                    return
+                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (journal_mode is {mode})")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause * (0.5 + random.random()))  # jitter: two retriers drift apart
+            pause = min(pause * 2, 0.1)
 
     def connect_reader(self) -> sqlite3.Connection:
         """A read-only connection of the caller's own (change streams poll on one); the
