@@ -27,7 +27,9 @@ source "$(dirname "$0")/lib.sh"
 # - fail2ban: fail2ban-regex and fail2ban-client -d check contrib/fail2ban against
 #   pymail's own log (tests/e2e/test_fail2ban.py); neither needs the Recommends
 #   (python3-systemd, an nftables|iptables firewall), which only a running jail uses.
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban
+# - nsd: the tests' own authoritative DNS server on a loopback port (tests/services/nsd.py),
+#   the only DNS any test asks; nsd-checkzone comes with it, no Recommends used.
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1
