@@ -23,6 +23,7 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pymail.auth.service import Authenticator
 from pymail.config import Config
@@ -43,11 +44,13 @@ from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.net.watchdog import LoopWatchdog
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
+from pymail.store.space import FreeSpace
 
 log = logging.getLogger("pymail")
 
-#: Services named in [listen] that this version does not serve yet.
 SHUTDOWN_GRACE_SECONDS = 30.0
+#: Orphan sweeps while the disk is below storage.min_free_space, at most this often.
+LOW_SPACE_SWEEP_SECONDS = 300.0
 
 
 def setup_logging(level: str) -> None:
@@ -84,7 +87,7 @@ def open_configured_store(config: Config) -> Store:
             ) from None
     pg = config.storage.postgres
     try:
-        return open_store(
+        store = open_store(
             config.index_url,
             config.blobs_url,
             s3=S3Settings(
@@ -101,6 +104,20 @@ def open_configured_store(config: Config) -> Store:
         )
     except (ValueError, StorageError, OSError) as e:
         raise StartupError(f"storage: {e}") from None
+    store.space = FreeSpace(local_write_paths(config), config.min_free_space,
+                            getattr(store.database, "reserve", None))
+    return store
+
+
+def local_write_paths(config: Config) -> list[Path]:
+    """The local directories pymail writes to: data_dir (spool, certificates), the
+    SQLite index's directory and the file blobs' root (not S3 or PostgreSQL)."""
+    paths = [config.server.data_dir]
+    for url, scheme in ((config.index_url, "sqlite://"), (config.blobs_url, "file://")):
+        if url.startswith(scheme):
+            path = Path(url[len(scheme):])
+            paths.append(path.parent if scheme == "sqlite://" else path)
+    return paths
 
 
 async def prepare_storage(config: Config, *, check_blobs: bool = True) -> Store:
@@ -164,6 +181,9 @@ class Worker:
     async def start(self) -> list[str]:
         cfg = self.config
         self.store = await prepare_storage(cfg)
+        if self.store.space is not None:  # read now, then every few seconds
+            await self.store.space.refresh()
+            self.store.space.start()
         mail_listeners = ("smtp", "submission", "submissions", "imaps", "imap", "pop3s", "pop3")
         if any(getattr(cfg.listen, name) for name in mail_listeners):
             # Loading (or making) the certificate and key reads files, may wait for the
@@ -181,6 +201,7 @@ class Worker:
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,
+            space=self.store.space,
         )
         lines = []
         submission_handler = SubmissionHandler(
@@ -190,6 +211,7 @@ class Worker:
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,
             service="submission",
+            space=self.store.space,
         )
         # DATA content over limits.spool_threshold waits in files there (made 0700 and
         # emptied of a previous run's files by `serve`, before any worker starts).
@@ -339,11 +361,19 @@ class Worker:
             self.sweeper = asyncio.ensure_future(self._sweep_forever(interval))
 
     async def _sweep_forever(self, interval: float) -> None:
+        """Every `interval` seconds; every `LOW_SPACE_SWEEP_SECONDS` while the disk is
+        low, so that the blobs of expunged mail give their space back sooner."""
         from pymail.store.gc import sweep_orphans
 
         assert self.store is not None
+        loop = asyncio.get_running_loop()
+        space = self.store.space
         while True:
-            await asyncio.sleep(interval)
+            started = loop.time()
+            while (elapsed := loop.time() - started) < interval:
+                if space is not None and space.low and elapsed >= LOW_SPACE_SWEEP_SECONDS:
+                    break
+                await asyncio.sleep(min(60.0, interval - elapsed))
             try:
                 await sweep_orphans(
                     self.store.blobs, self.store.index, grace_seconds=self.config.storage.orphan_grace
@@ -354,6 +384,8 @@ class Worker:
     async def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.cancel()
+        if self.store is not None and self.store.space is not None:
+            self.store.space.stop()
         await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self.services))
         if self.store is not None:
             await self.store.close()

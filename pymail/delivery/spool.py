@@ -49,10 +49,6 @@ SPOOL_PREFIX = "msg-"
 class SpoolError(StorageError):
     """The spool could not keep a message; `no_space` when the file system is full."""
 
-    def __init__(self, message: str, *, no_space: bool = False) -> None:
-        super().__init__(message)
-        self.no_space = no_space
-
 
 @dataclass(eq=False)
 class MessageContent:

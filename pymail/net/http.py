@@ -1,7 +1,9 @@
 """The HTTP service: health and metrics for monitoring (aiohttp).
 
 * `GET /healthz`: 200 `ok` when the storage backends answer (the database and the blob
-  store, each reached once, within 5 s), else 503 with one line naming what failed.
+  store, each reached once, within 5 s) and the local disks have room
+  (``storage.min_free_space``), else 503 with one line naming what failed
+  (``degraded: disk full: ...`` while new mail is refused for want of space).
   For load balancers and systemd watchdogs; it reveals nothing but the failing part.
 * `GET /metrics`: Prometheus text exposition of `pymail.metrics`.
 
@@ -41,6 +43,9 @@ class HttpService:
             return web.Response(status=503, text=f"storage: {e}\n")
         except asyncio.TimeoutError:
             return web.Response(status=503, text="storage: no answer within 5 s\n")
+        space = self.store.space
+        if space is not None and space.low:  # new mail is refused until there is room
+            return web.Response(status=503, text=f"degraded: disk full: {space.describe()}\n")
         return web.Response(text="ok\n")
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import errno
 import logging
 import re
 import secrets
@@ -36,7 +35,8 @@ from pymail.delivery.spool import MessageContent
 from pymail.mail import trace
 from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_route
 from pymail.proto.smtp.replies import Reply
-from pymail.store.interfaces import DeliveryTarget, StorageError, User
+from pymail.store.interfaces import DeliveryTarget, StorageError, User, is_no_space
+from pymail.store.space import FreeSpace
 
 if TYPE_CHECKING:
     from pymail.net.smtp import PymailSMTP
@@ -59,18 +59,12 @@ def new_queue_id() -> str:
     return secrets.token_hex(5).upper()
 
 
-def _no_space(error: BaseException) -> bool:
-    """Whether a storage failure comes from a full file system (ENOSPC, EDQUOT)."""
-    seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            return False
-        if getattr(seen, "no_space", False) or (
-            isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def _declared_size(mail_options: list[str]) -> int:
+    """The SIZE= a client declared at MAIL (RFC 1870), 0 when it did not."""
+    for option in mail_options:
+        if option.upper().startswith("SIZE=") and option[5:].isdigit():
+            return int(option[5:])
+    return 0
 
 
 class PymailEnvelope(Envelope):
@@ -101,8 +95,11 @@ class MxHandler:
         max_recipients: int,
         postmaster: str,
         service: str = "smtp",
+        space: FreeSpace | None = None,
     ) -> None:
         self.service = service  #: the [listen] name, a metrics label
+        #: free space of the local file systems; below the minimum MAIL gets 452 4.3.1
+        self.space = space
         self.router = router
         self.deliverer = deliverer
         self.hostname = hostname
@@ -186,6 +183,13 @@ class MxHandler:
             if not mailbox.address.isascii() and not envelope.smtp_utf8:
                 return Reply.NEED_SMTPUTF8
             sender = mailbox.address
+        if self.space is not None and not self.space.room_for(_declared_size(mail_options)):
+            # Postfix's queue_minfree: refuse now, while the client still holds the
+            # message, rather than fail the DATA it would send (RFC 1870 section 6.2).
+            log.info("NOQUEUE: reject rip=%s from=<%s> reason=disk_full(%s) reply=%r",
+                     self._client_ip(session), _safe(sender), self.space.describe(), Reply.NO_SPACE)
+            metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
+            return Reply.NO_SPACE
         envelope.mail_from = sender or "<>"
         envelope.sender = sender
         envelope.mail_options.extend(mail_options)
@@ -268,10 +272,7 @@ class MxHandler:
         with MAIL SIZE= (RFC 1870; 0 when it did not).  The whole recipient is refused
         then (``452 4.2.2``, temporary: the sender retries once the user made room), an
         alias included, rather than silently leaving one member's copy out."""
-        declared = 0
-        for option in envelope.mail_options:
-            if option.upper().startswith("SIZE=") and option[5:].isdigit():
-                declared = int(option[5:])
+        declared = _declared_size(envelope.mail_options)
         for user in users:
             if user.quota and await self.deliverer.index.storage_used(user.id) + declared > user.quota:
                 return user
@@ -310,7 +311,7 @@ class MxHandler:
                 message, list(envelope.targets.values()), internal_date=envelope.received_at
             )
         except StorageError as e:
-            reply = Reply.NO_SPACE if _no_space(e) else Reply.TEMPFAIL
+            reply = Reply.NO_SPACE if is_no_space(e) else Reply.TEMPFAIL
             self._log(envelope, session, "tempfail", reply, size=message.size,
                       extra=f"reason=storage({_safe(e)})")
             metrics.STORAGE_ERRORS.labels("deliver").inc()

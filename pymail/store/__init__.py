@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pymail.store.space import FreeSpace
 from pymail.store.interfaces import (
     DEFAULT_MAILBOXES,
     Alias,
@@ -125,6 +126,9 @@ class Store:
     #: Failed logins and bans in the same database (pymail.auth.ban); None for a backend
     #: without them.
     bans: BanStore | None = None
+    #: Free space of the local file systems this installation writes to (set by the
+    #: daemon from the config, `pymail.store.space`); None: not watched.
+    space: FreeSpace | None = None
 
     async def migrate(self) -> None:
         """Create or upgrade the schema; a no-op when it is current."""
@@ -191,7 +195,10 @@ def open_store(
             raise StorageError(f"cannot create {db_path.parent}: {exc}") from exc
         from pymail.store.sqlite.bans import SqliteBanStore
 
-        sqlite_db = SqliteDatabase(db_path)
+        from pymail.store.space import RESERVE_NAME, SpaceReserve
+
+        # a reserve beside the index, released when a write meets a full disk
+        sqlite_db = SqliteDatabase(db_path, reserve=SpaceReserve(db_path.parent / RESERVE_NAME))
         return Store(
             SqliteDirectory(sqlite_db), SqliteIndex(sqlite_db), blobs, sqlite_db,
             SqliteBanStore(sqlite_db),

@@ -37,6 +37,7 @@ event loop.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,29 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 
 
 class StorageError(Exception):
-    """A backend failure (I/O, network, database).  Temporary: answer 4xx, retry later."""
+    """A backend failure (I/O, network, database).  Temporary: answer 4xx, retry later.
+
+    `no_space` says the cause is a full file system (ENOSPC, EDQUOT, SQLITE_FULL): SMTP
+    answers ``452 4.3.1``, IMAP ``NO [OVERQUOTA]``."""
+
+    def __init__(self, message: str = "", *, no_space: bool = False) -> None:
+        super().__init__(message)
+        self.no_space = no_space
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether a failure comes from a full file system: a `StorageError` that says so,
+    or an ``OSError`` ENOSPC/EDQUOT anywhere in its chain of causes."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, "no_space", False) or (
+            isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class NotFound(LookupError):

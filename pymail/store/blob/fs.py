@@ -116,7 +116,8 @@ class FileBlobStore:
         except (NotFound, StorageError):
             raise
         except OSError as exc:
-            raise StorageError(f"blob store {self.root}: {exc}") from exc
+            raise StorageError(f"blob store {self.root}: {exc}",
+                               no_space=exc.errno in (errno.ENOSPC, errno.EDQUOT)) from exc
         except RuntimeError as exc:  # executor shut down underneath us
             raise StorageError(f"blob store {self.root}: {exc}") from exc
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import errno
 import logging
 import os
 import queue
@@ -54,6 +55,7 @@ from typing import Any, TypeVar
 
 from pymail.store.interfaces import StorageError
 from pymail.store.rules import aware
+from pymail.store.space import SpaceReserve
 from pymail.store.sqlite import schema
 
 __all__ = [
@@ -83,9 +85,17 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL (the database or its disk is full), or an OSError ENOSPC/EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _to_storage_error(exc: BaseException) -> BaseException:
     if isinstance(exc, (sqlite3.Error, OSError)):
-        err = StorageError(f"sqlite: {exc}")
+        err = StorageError(f"sqlite: {exc}", no_space=_is_full(exc))
         err.__cause__ = exc
         return err
     return exc
@@ -126,6 +136,7 @@ class SqliteDatabase:
         readers: int = 2,
         busy_timeout_ms: int = 10_000,
         max_batch: int = 256,
+        reserve: SpaceReserve | None = None,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             raise StorageError(
@@ -138,6 +149,9 @@ class SqliteDatabase:
         #: Transactions the writer committed (a batch of jobs is one).  Tests and
         #: benchmarks read it to see group commit working.
         self.commits = 0
+        #: Given back to the file system when a write hits SQLITE_FULL, so that the
+        #: write (a user deleting mail on a full disk) is retried once and commits.
+        self.reserve = reserve
         #: Write jobs run (successful or not).
         self.write_jobs = 0
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
@@ -307,6 +321,8 @@ class SqliteDatabase:
                 conn.execute("RELEASE job")
                 outcomes.append((job, True, result))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                if self._retry_after_releasing_space(exc, conn):
+                    return batch
                 err = _to_storage_error(exc)
                 if conn.in_transaction:
                     try:
@@ -331,7 +347,9 @@ class SqliteDatabase:
         try:
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
-            err = StorageError(f"sqlite commit failed: {exc}")
+            if self._retry_after_releasing_space(exc, conn):
+                return batch
+            err = StorageError(f"sqlite commit failed: {exc}", no_space=_is_full(exc))
             err.__cause__ = exc
             try:
                 if conn.in_transaction:
@@ -345,6 +363,19 @@ class SqliteDatabase:
         for job, ok, value in outcomes:
             _resolve(job, ok, value)
         return []
+
+    def _retry_after_releasing_space(self, exc: BaseException, conn: sqlite3.Connection) -> bool:
+        """On a full disk with the space reserve still there: give it back, undo the
+        batch's transaction and say to run the whole batch again (nothing of it was
+        answered yet).  The reserve goes once, so a batch is retried at most once."""
+        if not _is_full(exc) or self.reserve is None or not self.reserve.release():
+            return False
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._drop_writer_conn()
+        return True
 
     def _drop_writer_conn(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
