@@ -51,8 +51,10 @@ from pymail.mail.mime import MessageStructure, UnknownTransferEncoding, iter_tex
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import bodystructure
 from pymail.proto.imap import responses as r
+from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.parser import ContinuationLine, IdleDone
@@ -87,7 +89,7 @@ DEFAULT_APPEND_LIMIT = 50 * 1024 * 1024
 DEFAULT_FETCH_SECTIONS = 100
 
 # Reply texts (STYLE.md item 5).
-TEXT_WRONG_STATE = "Command not allowed now"
+TEXT_WRONG_STATE = errors.TEXT_WRONG_STATE  # the reader refuses literals with it too
 TEXT_AUTH_FAILED = "Authentication failed"
 TEXT_UNAVAILABLE = "Temporary failure, try again later"
 TEXT_SERVERBUG = "Internal error"
@@ -115,6 +117,10 @@ class Channel(Protocol):
     def expect_continuation_line(self) -> None: ...
 
     def expect_idle_done(self) -> None: ...
+
+    def logged_in(self) -> None:
+        """The client authenticated: the pre-login limits end."""
+        ...
 
 
 @dataclass
@@ -234,7 +240,9 @@ class ImapSession(MailboxCommands):
         except BadCommand:
             raise  # the reader's own error during a continuation: the loop answers it
         except asyncio.TimeoutError:
-            raise  # the client was silent too long (autologout): the loop says BYE
+            raise  # the client missed a deadline (ClientTimeout): the loop says BYE
+        except CLIENT_GONE:
+            raise  # the client hung up or stopped reading: the loop logs one line
         except Exception:
             log.exception("imap %s failed", command.name)
             await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_SERVERBUG, r.SERVERBUG))
@@ -353,6 +361,7 @@ class ImapSession(MailboxCommands):
             await self.store.index.ensure_default_mailboxes(user.id)
         self.user = user
         self.state = ConnectionState.AUTHENTICATED
+        self.channel.logged_in()  # literals up to APPENDLIMIT from now on
         return "Logged in", r.code_capability(self.capabilities())
 
     async def _fail_auth(self, username: str):
