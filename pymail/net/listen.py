@@ -61,6 +61,8 @@ WRITE_BUFFER_HIGH = 256 * 1024
 WRITE_BUFFER_LOW = 64 * 1024
 #: The largest piece a large response (FETCH, RETR) is written in.
 SEND_CHUNK = 256 * 1024
+#: Seconds a departing client gets to take pymail's last line and TLS close.
+GOODBYE_SECONDS = 2.0
 
 # `ClientTimeout.reason` / the ``reason=`` of the log line.
 LOGIN_TIMEOUT = "login_timeout"
@@ -306,10 +308,25 @@ class StreamConnection:
         else:
             self.log_closed(HUNG_UP, error)
 
+    async def goodbye(self, line: bytes) -> None:
+        """pymail ends the connection (a missed deadline, a protocol error): the last
+        line if the client takes it within `GOODBYE_SECONDS`, then an abort -- a client
+        still sending must not keep the connection alive through a TLS shutdown."""
+        try:
+            self.writer.write(line)
+            await asyncio.wait_for(self.writer.drain(), GOODBYE_SECONDS)
+        except Exception:  # noqa: BLE001 - gone already: nothing more to say
+            pass
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
     async def close(self) -> None:
+        """The end of a connection: a TLS close, bounded, then the socket closed."""
         self.writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await asyncio.wait_for(self.writer.wait_closed(), GOODBYE_SECONDS)
+        with contextlib.suppress(Exception):  # ends a TLS shutdown left hanging
+            self.writer.transport.abort()
 
 
 class StreamService:

@@ -166,10 +166,10 @@ class ImapConnection(StreamConnection):
                     self.current = None  # kept for the log line if the command failed
         except FatalProtocolError as error:
             self.log_closed("protocol_error", error.text)
-            await self._goodbye(error.reply)
+            await self.goodbye(error.reply)
         except ClientTimeout as timeout:
             self.log_closed(timeout.reason)
-            await self._goodbye(r.untagged_status(r.STATUS_BYE, BYE_TEXTS[timeout.reason]))
+            await self.goodbye(r.untagged_status(r.STATUS_BYE, BYE_TEXTS[timeout.reason]))
         except Logout:
             pass
         except CLIENT_GONE as error:
@@ -182,14 +182,6 @@ class ImapConnection(StreamConnection):
             if slot is not None:
                 slot.release()
             await self.close()
-
-    async def _goodbye(self, line: bytes) -> None:
-        """The last line, if the client still takes it (briefly: it may not read)."""
-        try:
-            self.writer.write(line)
-            await asyncio.wait_for(self.writer.drain(), 5)
-        except Exception:  # noqa: BLE001 - gone already: nothing more to say
-            pass
 
     async def shutdown(self) -> None:
         """Say BYE and close (server shutdown)."""

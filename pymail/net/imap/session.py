@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.mail.mime import MessageStructure, UnknownTransferEncoding, iter_text, parse_structure
+from pymail.mail.mime import MessageStructure, iter_text, parse_structure
+from pymail.net.imap.fetch import FetchCommand
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
 from pymail.net.imap.watch import MailboxWatcher
@@ -60,7 +61,7 @@ from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.parser import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
-    Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota, Id,
+    Append, Authenticate, Command, Copy, Enable, Expunge, GetQuota, Id,
     Login, MailboxName, Search, SearchKey, Select, SequenceSet, Status,
     Store,
 )
@@ -169,7 +170,7 @@ def _header_text(value: bytes) -> str:
         return text
 
 
-class ImapSession(MailboxCommands):
+class ImapSession(MailboxCommands, FetchCommand):
     """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
@@ -664,93 +665,9 @@ class ImapSession(MailboxCommands):
             self._structures[record.blob_key] = structure
         return structure
 
-    async def cmd_fetch(self, command: Command):
-        # RFC 3501 section 6.4.5; UID FETCH always reports UID (section 6.4.8); BINARY
-        # (RFC 3516); MODSEQ and CHANGEDSINCE (RFC 7162 sections 3.1.4, 3.1.4.1).
-        args = command.arguments
-        assert isinstance(args, Fetch)
-        if args.vanished:  # RFC 7162 section 3.2.6: needs QRESYNC, which is not offered
-            raise _bad("VANISHED needs QRESYNC")
-        attributes = list(args.attributes)
-        names = {a.name for a in attributes}
-        if names & {"SAVEDATE", "EMAILID", "THREADID"}:
-            raise _bad(TEXT_NOT_SUPPORTED)
-        if args.changed_since is not None or "MODSEQ" in names:
-            self.condstore = True  # a CONDSTORE enabling command (RFC 7162 section 3.1)
-            if "MODSEQ" not in names:
-                attributes.append(FetchAttribute("MODSEQ"))
-                names.add("MODSEQ")
-        if command.uid and "UID" not in names:
-            attributes.insert(0, FetchAttribute("UID"))
-        sets_seen = any(
-            (a.name in ("BODY", "BINARY") and a.section is not None and not a.peek)
-            or a.name in ("RFC822", "RFC822.TEXT")
-            for a in attributes)
-        needs_structure = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
-                                        "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
-        needs_blob = any(a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
-                         or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None)
-                         for a in attributes)
-        # Thunderbird's per-message BODY.PEEK[HEADER.FIELDS (...)]: read only the header
-        # block from the blob store (one ranged GET), not the whole message.
-        header_only = needs_blob and all(
-            a.name == "RFC822.HEADER"
-            or (a.name == "BODY" and a.section is not None and not a.section.part
-                and a.section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"))
-            for a in attributes
-            if a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
-            or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None))
-        sel = self.sel
-        resolved = self._resolve(args.sequence_set, command.uid)
-        records = await self._records([u for _, u in resolved])
-        targets = [(seq, u) for seq, u in resolved if u in records]
-        if args.changed_since is not None:
-            targets = [(seq, u) for seq, u in targets if records[u].modseq > args.changed_since]
-        if sets_seen and not sel.read_only:
-            unseen = [u for _, u in targets if "\\Seen" not in records[u].flags]
-            if unseen:
-                update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
-                for record in update.changed:
-                    records[record.uid] = record
-        for seq, u in targets:
-            record = records[u]
-            structure = await self._structure(record) if needs_structure else None
-            if header_only:
-                assert structure is not None
-                raw = await self.store.blobs.get_range(record.blob_key, 0, structure.body.body_start)
-            else:
-                raw = await self.store.blobs.get(record.blob_key) if needs_blob else b""
-            items: list[tuple[str, bytes]] = []
-            for attribute in attributes:
-                name = attribute.name
-                if name == "UID":
-                    items.append(("UID", r.encode_number(u)))
-                elif name == "FLAGS":
-                    items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
-                elif name == "INTERNALDATE":
-                    items.append(("INTERNALDATE", r.encode_internal_date(record.internal_date)))
-                elif name == "RFC822.SIZE":
-                    items.append(("RFC822.SIZE", r.encode_number(record.size)))
-                elif name == "MODSEQ":
-                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
-                elif name in ("BINARY", "BINARY.SIZE"):
-                    assert structure is not None
-                    try:
-                        items.append(bodystructure.fetch_binary_item(attribute, raw, structure))
-                    except UnknownTransferEncoding:
-                        raise _No("Unknown Content-Transfer-Encoding", r.UNKNOWN_CTE) from None
-                else:
-                    assert structure is not None
-                    items.append(bodystructure.fetch_body_item(attribute, raw, structure, utf8=self.rev2))
-            if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
-                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
-                if self.condstore and "MODSEQ" not in names:
-                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
-            elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
-                items.append(("MODSEQ", r.encode_modseq(record.modseq)))  # RFC 7162 3.1.4.1
-            sel.flags[u] = _shared_flags(record.flags)
-            await self.send(r.fetch_response(seq, items))
-        return "FETCH completed"
+    def _remember_flags(self, uid: int, flags: frozenset[str]) -> None:
+        """The flags of `uid` as just reported to the client."""
+        self.sel.flags[uid] = _shared_flags(flags)
 
     async def cmd_store(self, command: Command):
         # RFC 3501 section 6.4.6; UNCHANGEDSINCE and the MODIFIED code (RFC 7162 3.1.3).

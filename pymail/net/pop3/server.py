@@ -155,7 +155,7 @@ class Pop3Connection(StreamConnection):
                 # returns one only after expect_sasl_response()
         except ClientTimeout as timeout:
             self.log_closed(timeout.reason)
-            await self._goodbye(r.err(GOODBYE_TEXTS[timeout.reason]))
+            await self.goodbye(r.err(GOODBYE_TEXTS[timeout.reason]))
         except Logout:
             pass
         except CLIENT_GONE as error:
@@ -169,14 +169,6 @@ class Pop3Connection(StreamConnection):
                 slot.release()
             self.session.close()
             await self.close()
-
-    async def _goodbye(self, line: bytes) -> None:
-        """The last line, if the client still takes it (briefly: it may not read)."""
-        try:
-            self.writer.write(line)
-            await asyncio.wait_for(self.writer.drain(), 5)
-        except Exception:  # noqa: BLE001 - gone already: nothing more to say
-            pass
 
     async def shutdown(self) -> None:
         """Say -ERR and close (server shutdown); marked messages are not removed."""
