@@ -228,14 +228,25 @@ class StreamConnection:
     async def send(self, data: bytes) -> None:
         """Write `data` and wait until the client has taken enough of it (at most
         ``send_timeout``); large data goes in `SEND_CHUNK` pieces."""
+        if len(data) <= SEND_CHUNK:
+            if self.writer.transport.is_closing():
+                raise ConnectionResetError("connection lost")
+            self.writer.write(data)
+            await self.drain()
+            return
         view = memoryview(data)
-        for start in range(0, max(len(view), 1), SEND_CHUNK):
+        for start in range(0, len(view), SEND_CHUNK):
             if self.writer.transport.is_closing():
                 raise ConnectionResetError("connection lost")
             self.writer.write(view[start:start + SEND_CHUNK])
             await self.drain()
 
     async def drain(self) -> None:
+        """Wait until the transport takes more (at most ``send_timeout``)."""
+        protocol = getattr(self.writer, "_protocol", None)
+        if not getattr(protocol, "_paused", True):  # the common case: nothing to wait for
+            await self.writer.drain()
+            return
         timeout = asyncio.timeout(self.timeouts.send)
         try:
             async with timeout:

@@ -97,6 +97,7 @@ def test_a_client_that_stops_reading_during_retr_is_cut_off(server: PymailServer
         deadline = time.monotonic() + 20
         while "reason=send_timeout" not in log_since(server, offset) and time.monotonic() < deadline:
             time.sleep(0.2)
+    print(f"RETR of 20 MB never read: {memory.describe()}; {probe.describe()}")
     assert "pop3 connection closed: rip=127.0.0.1 reason=send_timeout during=RETR" in log_since(server, offset)
     assert memory.growth_anon < 64 * MiB, memory.describe()
     assert probe.longest < 2.0 and not probe.failures, probe.describe()

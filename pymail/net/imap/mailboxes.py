@@ -15,9 +15,10 @@ Invariants:
   listing read just before, so two CREATEs racing in two sessions may pass it by one
   each; nothing else can.
 * LIST and LSUB match with `ListPattern` (no backtracking regex) and build the tree with
-  `mailbox_tree`, linear in the names.  The per-name loop yields to the event loop every
-  `YIELD_EVERY` names and the answer goes out in pieces of about `SEND_PIECE` octets,
-  so a user with thousands of mailboxes never holds other clients up.
+  `mailbox_tree`, linear in the names.  The per-name loop yields to the event loop after
+  `YIELD_AFTER` characters' worth of names and the answer goes out in pieces of about
+  `SEND_PIECE` octets, so a user with thousands of mailboxes (or long names from before
+  the limits) never holds other clients up.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from pymail.store import AlreadyExists, Mailbox, NotFound
 if TYPE_CHECKING:
     from pymail.net.imap.session import ImapSession
 
-#: Names handled between two yields to the event loop in LIST and LSUB.
-YIELD_EVERY = 64
+#: Work between two yields to the event loop in LIST and LSUB, in characters of names
+#: matched (each name counts `NAME_COST` more): a few milliseconds of matching.
+YIELD_AFTER = 16 * 1024
+NAME_COST = 256
 #: LIST/LSUB responses are sent once this many octets are ready.
 SEND_PIECE = 64 * 1024
 
@@ -185,10 +188,13 @@ class MailboxCommands:
         if "RECURSIVEMATCH" in select:
             child_info = superiors(n for n, b in boxes.items() if selected_by_options(b))
         out = bytearray()
-        for position, entry in enumerate(tree):
-            if position % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # other clients' turn
+        work = 0
+        for entry in tree:
             name = entry.name
+            work += len(name) + NAME_COST
+            if work > YIELD_AFTER:
+                work = 0
+                await asyncio.sleep(0)  # other clients' turn
             if not any(p.matches(name) for p in patterns):
                 continue
             box = boxes.get(name)
@@ -224,10 +230,13 @@ class MailboxCommands:
         # subscribed children is returned with \Noselect.
         with_subscribed_children = superiors(n for n, b in boxes.items() if b.subscribed)
         out = bytearray()
-        for position, entry in enumerate(mailbox_tree(boxes)):
-            if position % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+        work = 0
+        for entry in mailbox_tree(boxes):
             name = entry.name
+            work += len(name) + NAME_COST
+            if work > YIELD_AFTER:
+                work = 0
+                await asyncio.sleep(0)
             if not patterns or not patterns[0].matches(name):
                 continue
             box = boxes.get(name)

@@ -79,18 +79,19 @@ class ListPattern:
         everything = (1 << (n + 1)) - 1
         steps: int | None = None  # bit p set: name[p - 1] is not the delimiter
         occurrences: dict[str, int] = {}
+        masks: dict[str, int] = {}  # bit i set: name[i] is that character
         for kind, text in self._tokens:
             if kind == "L":
                 found = occurrences.get(text)
                 if found is None:
-                    found = occurrences[text] = _occurrences(name, text, inbox)
+                    found = occurrences[text] = _occurrences(name, text, inbox, masks)
                 states = (states & found) << len(text)
             elif kind == _ANY:
                 lowest = states & -states
                 states = everything & ~(lowest - 1)
             else:
                 if steps is None:
-                    steps = _level_steps(name, self._delimiter)
+                    steps = _level_steps(name, self._delimiter, masks)
                 # one step from every state, then a carry through each delimiter-free
                 # run: adding the entry bits to the run clears the run from them on
                 moved = (states << 1) & steps
@@ -100,14 +101,16 @@ class ListPattern:
         return bool(states >> n & 1)
 
 
-def _occurrences(name: str, text: str, inbox: bool) -> int:
-    """Bits of the positions where `text` occurs in `name` (overlapping ones too); in an
+def _occurrences(name: str, text: str, inbox: bool, masks: dict[str, int]) -> int:
+    """Bits of the positions where `text` occurs in `name` (overlapping ones too): the
+    AND of each of its characters' position masks shifted back by its offset; in an
     INBOX name, the first five characters compare case-insensitively."""
-    found = 0
-    position = name.find(text)
-    while position >= 0:
-        found |= 1 << position
-        position = name.find(text, position + 1)
+    found = -1
+    for offset, char in enumerate(text):
+        found &= _char_mask(name, char, masks) >> offset
+        if not found:
+            break
+    found = max(found, 0)
     if inbox:
         length = len(text)
         for position in range(min(5, len(name) - length + 1)):
@@ -118,14 +121,27 @@ def _occurrences(name: str, text: str, inbox: bool) -> int:
     return found
 
 
-def _level_steps(name: str, delimiter: str) -> int:
+def _char_mask(name: str, char: str, masks: dict[str, int]) -> int:
+    """Bits of the positions of `char` in `name`, made without a loop per character (a
+    substitution, a translation and a base-2 conversion, all in C), once per name and
+    character."""
+    mask = masks.get(char)
+    if mask is None:
+        if char not in name:
+            mask = 0
+        elif char == "\x00":  # not in a mailbox name; kept correct anyway
+            mask = sum(1 << i for i, c in enumerate(name) if c == char)
+        else:
+            marks = re.sub("[^" + re.escape(char) + "]", "\x00", name)
+            mask = int(marks.translate({ord(char): "1", 0: "0"})[::-1], 2)
+        masks[char] = mask
+    return mask
+
+
+def _level_steps(name: str, delimiter: str, masks: dict[str, int]) -> int:
     """Bits p (1..n) such that ``%`` may step from position p - 1 to p."""
-    steps = (1 << (len(name) + 1)) - 2
-    position = name.find(delimiter)
-    while position >= 0:
-        steps &= ~(1 << (position + 1))
-        position = name.find(delimiter, position + 1)
-    return steps
+    full = (1 << len(name)) - 1
+    return (full & ~_char_mask(name, delimiter, masks)) << 1
 
 
 def canonical_pattern(reference: str, pattern: str) -> str:
