@@ -3,7 +3,10 @@ listed in `CAPABILITIES`).
 
 The connection loop (`server.py`) reads `Command`s with the sans-IO `CommandReader` and
 calls `ImapSession.run_command`; this module turns each command into store calls and
-response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).
+response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Two command
+groups live in their own modules, mixed into `ImapSession`: `mailboxes` (CREATE,
+DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits) and `fetch` (FETCH,
+streamed in bounded memory).
 
 Invariants:
 
@@ -12,7 +15,9 @@ Invariants:
   in `ImapSession.HANDLERS`, a table of command name -> method.
 * Every command ends with exactly one tagged response.  A `StorageError` becomes ``NO
   [UNAVAILABLE]``; any other exception is logged and becomes ``NO [SERVERBUG]``: never a
-  traceback to the client.
+  traceback to the client.  A client that went away or missed a deadline
+  (`pymail.net.listen.CLIENT_GONE`, `ClientTimeout`) is no error of the command: the
+  exception goes to the connection loop, which logs one INFO line and closes.
 * In the selected state the session holds the mailbox's UIDs in ascending order: the
   message sequence number of ``uids[i]`` is ``i + 1`` (RFC 3501 section 2.3.1.2).  The
   list changes only when the session reports the change to the client (EXISTS for new
