@@ -36,6 +36,7 @@ from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
 from pymail.net.imap import ImapService
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.listen import ClientTimeouts
 from pymail.net.limits import ConnectionLimiter
 from pymail.net.pop3 import MaildropLocks, Pop3Service
 from pymail.net.proxy import TrustedProxies
@@ -43,6 +44,7 @@ from pymail.net.mx import MxHandler
 from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.net.watchdog import LoopWatchdog
+from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 from pymail.store.space import FreeSpace
 
@@ -269,6 +271,12 @@ class Worker:
                 watcher=watcher,
                 trusted_proxies=trusted,
                 limiter=self.limiter,
+                timeouts=ClientTimeouts.from_limits(cfg.limits),
+                prelogin_literal=cfg.limits.prelogin_literal,
+                mailbox_limits=MailboxLimits(cfg.limits.mailboxes_per_user,
+                                             cfg.limits.mailbox_name_length,
+                                             cfg.limits.mailbox_depth),
+                fetch_sections=cfg.limits.fetch_sections,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s
@@ -287,6 +295,7 @@ class Worker:
                 reuse_port=self.reuse_port,
                 trusted_proxies=trusted,
                 limiter=self.limiter,
+                timeouts=ClientTimeouts.from_limits(cfg.limits),
             )
             lines += await self._bind(name, pop3, addresses, "implicit TLS" if implicit_tls else "STLS")
         if cfg.listen.http:

@@ -423,8 +423,9 @@ class LimitsConfig(_Section):
         default=parse_size("8KB"),
         ge=1024,
         le=parse_size("1MB"),
-        description="Largest IMAP literal taken before login (a LOGIN password); a larger one "
-        "is refused before it is read (a non-synchronising one ends the connection).",
+        description="Most IMAP literal octets one command may carry before login (a LOGIN "
+        "password); a larger synchronising literal is refused before it is read, a larger "
+        "non-synchronising one ends the connection.",
     )
     mailboxes_per_user: int = Field(
         default=1000,

@@ -21,9 +21,10 @@ consumed, so the bytes behind it (a ClientHello, an SMTP command) stay in the ke
 the TLS layer or the protocol: nothing is read past the header.
 
 `start_listener` binds one address.  Without trusted peers it is asyncio's own
-``create_server`` (the hot path is unchanged); with them, a `ProxyListener` accepts,
-reads the header from trusted peers, then hands the socket to asyncio
-(``connect_accepted_socket``, TLS included).  Both give the protocol factory the client
+``create_server`` (the hot path is unchanged); with them, or for an implicit-TLS service
+that wants to hear of failed handshakes (``tls_failed``: IMAP and POP3 log each as one
+line), a `ProxyListener` accepts, reads the header from trusted peers, then hands the
+socket to asyncio (``connect_accepted_socket``, TLS included).  Both give the protocol factory the client
 address: the PROXY source, or None for "the socket's peer".
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "PROXY_HEADER_TIMEOUT",
     "TLS_HANDSHAKE_TIMEOUT",
     "ClientAddress",
+    "TlsFailureHook",
     "ProxyListener",
     "TrustedProxies",
     "read_proxy_header",
@@ -66,6 +68,8 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 ClientAddress = tuple[str, int]
 #: Makes the protocol of one connection; gets the PROXY source, or None (the peer).
 ProtocolFactory = Callable[[ClientAddress | None], asyncio.BaseProtocol]
+#: Told of a failed implicit-TLS handshake: (client address, the error).
+TlsFailureHook = Callable[[str, BaseException], None]
 
 #: accept() errors that mean "out of resources": wait a little before the next accept.
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -148,18 +152,22 @@ class ProxyListener:
     `wait_closed`.
 
     ``service`` names the listener in log lines; ``tls`` wraps each connection in TLS
-    after the header (implicit TLS); ``admissions`` are the connections between accept
-    and their protocol's start (reading the header, TLS handshake)."""
+    after the header (implicit TLS); ``tls_failed(client_ip, error)``, when given, hears
+    of each TLS handshake that fails (the service logs it); ``admissions`` are the
+    connections between accept and their protocol's start (reading the header, TLS
+    handshake)."""
 
     def __init__(self, service: str, sockets: list[socket.socket], factory: ProtocolFactory,
                  *, trusted: TrustedProxies, tls: ssl.SSLContext | None,
-                 header_timeout: float = PROXY_HEADER_TIMEOUT) -> None:
+                 header_timeout: float = PROXY_HEADER_TIMEOUT,
+                 tls_failed: TlsFailureHook | None = None) -> None:
         self.service = service
         self._sockets = sockets
         self.factory = factory
         self.trusted = trusted
         self.tls = tls
         self.header_timeout = header_timeout
+        self.tls_failed = tls_failed
         self.admissions: set[asyncio.Task[None]] = set()
         self._acceptors: list[asyncio.Task[None]] = []
         self._closed = False
@@ -205,9 +213,9 @@ class ProxyListener:
         loop = asyncio.get_running_loop()
         handed_over = False
         try:
-            conn.setblocking(False)
             client: ClientAddress | None = None
             peer_ip = str(peer[0])
+            conn.setblocking(False)
             if peer_ip in self.trusted:
                 client = await self._header(conn, peer_ip)
             handed_over = True
@@ -217,8 +225,10 @@ class ProxyListener:
             )
         except _Refused:
             pass
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
-            pass  # a failed TLS handshake or a peer gone: asyncio closed the socket
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as error:
+            # a failed TLS handshake or a peer gone: asyncio closed the socket
+            if handed_over and self.tls is not None and self.tls_failed is not None:
+                self.tls_failed(client[0] if client is not None else peer_ip, error)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -284,11 +294,14 @@ def _bind(host: str, port: int, *, reuse_port: bool, backlog: int) -> list[socke
 async def start_listener(service: str, factory: ProtocolFactory, host: str, port: int, *,
                          tls: ssl.SSLContext | None, trusted: TrustedProxies,
                          reuse_port: bool = False, backlog: int = 1024,
+                         tls_failed: TlsFailureHook | None = None,
                          ) -> asyncio.AbstractServer | ProxyListener:
     """Listen on host:port; each connection gets ``factory(client)``'s protocol, wrapped
     in TLS first when `tls` is given (implicit TLS).  With `trusted` peers, connections
-    from them must start with a PROXY header (see the module docstring)."""
-    if not trusted:
+    from them must start with a PROXY header (see the module docstring).  With
+    `tls_failed`, a `ProxyListener` accepts (asyncio's own server gives no word of a
+    failed handshake) and tells it of each failed TLS handshake."""
+    if not trusted and (tls is None or tls_failed is None):
         loop = asyncio.get_running_loop()
         return await loop.create_server(
             lambda: factory(None), host, port, ssl=tls,
@@ -296,6 +309,6 @@ async def start_listener(service: str, factory: ProtocolFactory, host: str, port
             reuse_port=reuse_port or None, backlog=backlog,
         )
     listener = ProxyListener(service, _bind(host, port, reuse_port=reuse_port, backlog=backlog),
-                             factory, trusted=trusted, tls=tls)
+                             factory, trusted=trusted, tls=tls, tls_failed=tls_failed)
     listener.start()
     return listener

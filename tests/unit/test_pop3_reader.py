@@ -260,3 +260,22 @@ def test_fuzz_mutated_commands(seed: bytes, mutations: list[tuple[int, bytes]], 
         position %= len(data) + 1
         data[position:position] = insert
     run_fuzz(bytes(data), cuts)
+
+
+def test_progress_says_when_part_of_a_line_is_held() -> None:
+    # the connection's command deadline runs from a line's first byte (limits.command_timeout)
+    from pymail.proto.progress import READING_LINE, WAITING_FOR_COMMAND
+
+    reader = CommandReader()
+    assert reader.progress().phase == WAITING_FOR_COMMAND
+    reader.receive_data(b"US")
+    assert reader.next_event() is NEED_DATA and reader.progress().phase == READING_LINE
+    reader.receive_data(b"ER bob\r\n")
+    assert reader.next_event() == Command("USER", ("bob",))
+    assert reader.progress().phase == WAITING_FOR_COMMAND
+    reader.receive_data(b"X" * 600)  # over-long: refused, the rest discarded as it comes
+    with pytest.raises(CommandError):
+        reader.next_event()
+    assert reader.progress().phase == READING_LINE
+    reader.receive_data(b"X\r\n")
+    assert reader.next_event() is NEED_DATA and reader.progress().phase == WAITING_FOR_COMMAND

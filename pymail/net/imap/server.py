@@ -10,8 +10,16 @@ sans-IO `CommandReader` and its commands to an `ImapSession`.
 * Reader errors are answered with the reply they carry (``BadCommand`` -> the tagged
   BAD/NO, the session goes on; ``FatalProtocolError`` -> ``* BYE`` and close).  Nothing
   else reaches the client: an unexpected exception is logged and the connection closed.
-* A client silent for `AUTOLOGOUT_SECONDS` (RFC 3501 section 5.4: at least 30 minutes
-  once authenticated) or `PREAUTH_TIMEOUT_SECONDS` before login gets ``* BYE``.
+* Before login the reader takes no literal above ``limits.prelogin_literal`` (a larger
+  synchronising one is refused before its ``+``, a larger ``{n+}`` ends the connection).
+* Deadlines (`pymail.net.listen.Deadlines`), each answered with ``* BYE`` and close:
+  ``limits.login_timeout`` from connect (TLS handshake included) until login,
+  ``limits.command_timeout`` for a command line once its first byte came,
+  ``limits.min_data_rate`` for literal data, and the autologout of RFC 3501 section 5.4
+  (`AUTOLOGOUT_SECONDS`, 30 minutes) for a logged-in client silent between commands.
+  Output waits for the client to read it, at most ``limits.send_timeout``.
+* A client that hangs up, fails a TLS handshake or stops reading ends with one INFO
+  line (``imap connection closed: rip=... reason=...``), never a traceback.
 * The client is the socket's peer, or the source of a trusted load balancer's PROXY
   header (`pymail.net.proxy`, read before TLS on ``imaps``).  Before the greeting its
   address must be under ``limits.connections_per_ip`` (`pymail.net.limits`; else
@@ -24,18 +32,22 @@ sans-IO `CommandReader` and its commands to an `ImapSession`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 
 from pymail.auth.service import Authenticator
-from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, ImapSession, Logout
+from pymail.net.imap.refusals import Logout
+from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, DEFAULT_FETCH_SECTIONS, ImapSession
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
-from pymail.net.listen import READ_SIZE, StreamService
+from pymail.net.listen import (
+    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
+    ClientTimeouts, StreamConnection, StreamService,
+)
 from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
+from pymail.proto.imap.names import MailboxLimits
 from pymail.proto.imap.parser import CONNECTION_CLOSED, NEED_DATA, CommandReader, NeedContinuation
 from pymail.proto.imap.states import ConnectionState
 from pymail.proto.imap.types import Command
@@ -44,38 +56,42 @@ from pymail.store import Store
 log = logging.getLogger("pymail.imap")
 
 AUTOLOGOUT_SECONDS = 30 * 60
-PREAUTH_TIMEOUT_SECONDS = 60
 TOO_MANY_CONNECTIONS = "Too many connections from your address"
+DEFAULT_PRELOGIN_LITERAL = 8 * 1024
+
+#: What ``* BYE`` says for each missed deadline.
+BYE_TEXTS = {
+    LOGIN_TIMEOUT: "Login took too long",
+    COMMAND_TIMEOUT: "Command line took too long",
+    DATA_RATE: "Literal data too slow",
+    AUTOLOGOUT: "Autologout; idle for too long",
+}
 
 
-class ImapConnection:
-    """One client connection: the stream pair, the command reader, the session.
+class ImapConnection(StreamConnection):
+    """One client connection: the stream pair, the command reader, the session
+    (`StreamConnection` has the fields they share with POP3)."""
 
-    Fields: ``tls`` whether the stream is encrypted now; ``client_ip`` the client's
-    address (a trusted PROXY header's source, else the peer); ``busy`` while a command
-    runs (shutdown waits for it); ``task`` the task serving the connection."""
+    protocol = "imap"
+    log = log
 
     def __init__(self, service: ImapService, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, tls: bool,
-                 client: ClientAddress | None = None) -> None:
-        self.service = service
-        self.reader = reader
-        self.writer = writer
-        self.tls = tls
-        peer = client or writer.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if peer else "unknown"
-        self.commands = CommandReader(max_append=service.append_limit)
+                 client: ClientAddress | None = None, connected_at: float | None = None) -> None:
+        super().__init__(service, reader, writer, tls=tls, client=client, connected_at=connected_at)
+        self.imap = service
+        self.commands = self._reader()
         self.session = ImapSession(service.store, service.authenticator, self,
                                    starttls_available=not service.implicit_tls,
-                                   append_limit=service.append_limit, watcher=service.watcher)
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None
+                                   append_limit=service.append_limit, watcher=service.watcher,
+                                   mailbox_limits=service.mailbox_limits,
+                                   fetch_sections=service.fetch_sections)
+
+    def _reader(self) -> CommandReader:
+        return CommandReader(max_append=self.imap.append_limit,
+                             prelogin_literal=self.imap.prelogin_literal)
 
     # -- the Channel the session uses ---------------------------------------------------
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
 
     def expect_continuation_line(self) -> None:
         self.commands.expect_continuation_line()
@@ -83,37 +99,32 @@ class ImapConnection:
     def expect_idle_done(self) -> None:
         self.commands.expect_idle_done()
 
+    def logged_in(self) -> None:
+        self.commands.logged_in()
+
     async def next_event(self, timeout: float | None = None) -> object:
-        """The next reader event; None if `timeout` passes first.  Without `timeout`,
-        the autologout timer applies and raises TimeoutError."""
+        """The next reader event; None if `timeout` passes first.  The deadlines apply
+        (`ClientTimeout`)."""
         while True:
             event = self.commands.next_event()
             if event is not NEED_DATA:
                 return event
-            limit = timeout if timeout is not None else self._autologout()
+            logged_in = self.session.state is not ConnectionState.NOT_AUTHENTICATED
             busy, self.busy = self.busy, False  # waiting on the client (IDLE, SASL) is idle
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), limit)
-            except asyncio.TimeoutError:
-                if timeout is not None:
-                    return None
-                raise
+                data = await self.receive(self.commands.progress(), logged_in=logged_in,
+                                          idle=AUTOLOGOUT_SECONDS, wait=timeout)
             finally:
                 self.busy = busy
+            if data is None:
+                return None
             self.commands.receive_data(data)
 
     async def start_tls(self) -> None:
-        pending = len(getattr(self.reader, "_buffer", b"")) + self.commands.buffered
-        if pending:  # plaintext behind STARTTLS: refuse to carry it over
-            raise Logout()
-        await self.writer.start_tls(self.service.ssl_context)
-        self.commands = CommandReader(max_append=self.service.append_limit)
-        self.tls = True
-
-    def _autologout(self) -> float:
-        if self.session.state is ConnectionState.NOT_AUTHENTICATED:
-            return PREAUTH_TIMEOUT_SECONDS
-        return AUTOLOGOUT_SECONDS
+        if self.pending_input() + self.commands.buffered:
+            raise Logout()  # plaintext behind STARTTLS: refuse to carry it over
+        await self.upgrade_to_tls()
+        self.commands = self._reader()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -145,38 +156,39 @@ class ImapConnection:
                     await self.send(event.reply)
                     continue
                 if isinstance(event, Command):
-                    self.busy = True
+                    self.busy, self.current = True, event.name
                     try:
                         await self.session.run_command(event)
                     except BadCommand as error:  # during a SASL exchange or IDLE
                         await self.send(error.reply)
                     finally:
                         self.busy = False
+                    self.current = None  # kept for the log line if the command failed
         except FatalProtocolError as error:
-            with contextlib.suppress(Exception):
-                await self.send(error.reply)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(Exception):
-                await self.send(r.untagged_status(r.STATUS_BYE, "Autologout; idle for too long"))
+            self.log_closed("protocol_error", error.text)
+            await self.goodbye(error.reply)
+        except ClientTimeout as timeout:
+            self.log_closed(timeout.reason)
+            await self.goodbye(r.untagged_status(r.STATUS_BYE, BYE_TEXTS[timeout.reason]))
         except Logout:
             pass
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
+        except CLIENT_GONE as error:
+            self.closed_by_client(error)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("imap connection from %s failed", self.client_ip)
+            log.exception("imap connection from rip=%s failed", self.client_ip)
         finally:
             if slot is not None:
                 slot.release()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await self.close()
 
     async def shutdown(self) -> None:
         """Say BYE and close (server shutdown)."""
-        with contextlib.suppress(Exception):
+        try:
             self.writer.write(r.untagged_status(r.STATUS_BYE, "Server shutting down"))
+        except Exception:  # noqa: BLE001 - the transport is gone already
+            pass
         if self.task is not None:
             self.task.cancel()
         self.writer.close()
@@ -187,6 +199,8 @@ class ImapService(StreamService):
     (`StreamService`: listening, PROXY headers, stop)."""
 
     connection_class = ImapConnection
+    protocol = "imap"
+    log = log
 
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
@@ -194,12 +208,20 @@ class ImapService(StreamService):
                  append_limit: int = DEFAULT_APPEND_LIMIT,
                  watcher: MailboxWatcher | None = None,
                  trusted_proxies: TrustedProxies | None = None,
-                 limiter: ConnectionLimiter | None = None) -> None:
+                 limiter: ConnectionLimiter | None = None,
+                 timeouts: ClientTimeouts | None = None,
+                 prelogin_literal: int = DEFAULT_PRELOGIN_LITERAL,
+                 mailbox_limits: MailboxLimits = MailboxLimits(),
+                 fetch_sections: int = DEFAULT_FETCH_SECTIONS) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
-        process so that they hold one change feed between them."""
+        process so that they hold one change feed between them; `timeouts`,
+        `prelogin_literal`, `mailbox_limits` and `fetch_sections` come from ``[limits]``."""
         super().__init__(name, addresses, store, authenticator, ssl_context,
                          implicit_tls=implicit_tls, reuse_port=reuse_port,
-                         trusted_proxies=trusted_proxies, limiter=limiter)
+                         trusted_proxies=trusted_proxies, limiter=limiter, timeouts=timeouts)
         self.append_limit = append_limit
         self.watcher = watcher if watcher is not None else MailboxWatcher(store)
+        self.prelogin_literal = prelogin_literal
+        self.mailbox_limits = mailbox_limits
+        self.fetch_sections = fetch_sections

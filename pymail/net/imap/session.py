@@ -3,7 +3,10 @@ listed in `CAPABILITIES`).
 
 The connection loop (`server.py`) reads `Command`s with the sans-IO `CommandReader` and
 calls `ImapSession.run_command`; this module turns each command into store calls and
-response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).
+response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Two command
+groups live in their own modules, mixed into `ImapSession`: `mailboxes` (CREATE,
+DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits) and `fetch` (FETCH,
+streamed in bounded memory).
 
 Invariants:
 
@@ -12,7 +15,9 @@ Invariants:
   in `ImapSession.HANDLERS`, a table of command name -> method.
 * Every command ends with exactly one tagged response.  A `StorageError` becomes ``NO
   [UNAVAILABLE]``; any other exception is logged and becomes ``NO [SERVERBUG]``: never a
-  traceback to the client.
+  traceback to the client.  A client that went away or missed a deadline
+  (`pymail.net.listen.CLIENT_GONE`, `ClientTimeout`) is no error of the command: the
+  exception goes to the connection loop, which logs one INFO line and closes.
 * In the selected state the session holds the mailbox's UIDs in ascending order: the
   message sequence number of ``uids[i]`` is ``i + 1`` (RFC 3501 section 2.3.1.2).  The
   list changes only when the session reports the change to the client (EXISTS for new
@@ -47,26 +52,31 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.mail.mime import MessageStructure, UnknownTransferEncoding, iter_text, parse_structure
+from pymail.mail.mime import MessageStructure, iter_text, parse_structure
+from pymail.net.imap.fetch import FetchCommand
+from pymail.net.imap.mailboxes import MailboxCommands
+from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
 from pymail.net.imap.watch import MailboxWatcher
+from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import bodystructure
 from pymail.proto.imap import responses as r
+from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.parser import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
-    Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota, Id,
-    List, Login, Lsub, MailboxName, Rename, Search, SearchKey, Select, SequenceSet, Status,
+    Append, Authenticate, Command, Copy, Enable, Expunge, GetQuota, Id,
+    Login, MailboxName, Search, SearchKey, Select, SequenceSet, Status,
     Store,
 )
 from pymail.store import (
-    AlreadyExists, Delivery, DeliveryTarget, Mailbox, MessageRecord, NotFound, StorageError,
+    Delivery, DeliveryTarget, Mailbox, MessageRecord, StorageError,
     Store as MailStore, User,
 )
 
 log = logging.getLogger("pymail.imap")
 
-DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 MAX_AUTH_FAILURES = 3
 
@@ -82,9 +92,10 @@ AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
 #: (RFC 9051 section 6.3.1).  QRESYNC is not offered (expunged UIDs are not remembered).
 ENABLEABLE = ("CONDSTORE", "IMAP4REV2")
 DEFAULT_APPEND_LIMIT = 50 * 1024 * 1024
+DEFAULT_FETCH_SECTIONS = 100
 
 # Reply texts (STYLE.md item 5).
-TEXT_WRONG_STATE = "Command not allowed now"
+TEXT_WRONG_STATE = errors.TEXT_WRONG_STATE  # the reader refuses literals with it too
 TEXT_AUTH_FAILED = "Authentication failed"
 TEXT_UNAVAILABLE = "Temporary failure, try again later"
 TEXT_SERVERBUG = "Internal error"
@@ -113,9 +124,9 @@ class Channel(Protocol):
 
     def expect_idle_done(self) -> None: ...
 
-
-class Logout(Exception):
-    """The connection ends after the current command's response."""
+    def logged_in(self) -> None:
+        """The client authenticated: the pre-login limits end."""
+        ...
 
 
 @dataclass
@@ -155,43 +166,6 @@ def _decode_name(name: str, *, utf8: bool = False) -> str:
     return name
 
 
-class _No(Exception):
-    """A handler's refusal: ``<tag> NO [code] text``."""
-
-    def __init__(self, text: str, code: r.ResponseCode | None = None, status: str = r.STATUS_NO) -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-        self.status = status
-
-
-def _bad(text: str) -> _No:
-    return _No(text, status=r.STATUS_BAD)
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """LIST wildcards (RFC 3501 section 6.3.8): ``*`` matches anything, ``%`` anything
-    but the hierarchy delimiter."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _name_matches(regex: re.Pattern[str], name: str) -> bool:
-    if regex.fullmatch(name):
-        return True
-    # INBOX is case-insensitive (RFC 3501 section 5.1), also as a prefix of children.
-    if name == "INBOX" or name.startswith("INBOX" + DELIMITER):
-        return re.compile(regex.pattern, re.DOTALL | re.IGNORECASE).fullmatch(name) is not None
-    return False
-
-
 def _header_text(value: bytes) -> str:
     """A header field's value unfolded and with RFC 2047 encoded words decoded."""
     text = re.sub(r"\r?\n[ \t]", " ", value.decode("utf-8", "replace"))
@@ -201,19 +175,25 @@ def _header_text(value: bytes) -> str:
         return text
 
 
-class ImapSession:
+class ImapSession(MailboxCommands, FetchCommand):
     """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
     def __init__(self, store: MailStore, authenticator: Authenticator, channel: Channel, *,
                  starttls_available: bool, append_limit: int = DEFAULT_APPEND_LIMIT,
-                 watcher: MailboxWatcher | None = None) -> None:
+                 watcher: MailboxWatcher | None = None,
+                 mailbox_limits: MailboxLimits = MailboxLimits(),
+                 fetch_sections: int = DEFAULT_FETCH_SECTIONS) -> None:
         self.store = store
         self.authenticator = authenticator
         self.channel = channel
         self.starttls_available = starttls_available
         self.append_limit = append_limit
         self.watcher = watcher if watcher is not None else MailboxWatcher(store)
+        #: limits.mailboxes_per_user, mailbox_name_length, mailbox_depth (CREATE, RENAME)
+        self.mailbox_limits = mailbox_limits
+        #: limits.fetch_sections: body sections one FETCH may ask for
+        self.fetch_sections = fetch_sections
         self.state = ConnectionState.NOT_AUTHENTICATED
         self.user: User | None = None
         self.selected: SelectedMailbox | None = None
@@ -266,7 +246,9 @@ class ImapSession:
         except BadCommand:
             raise  # the reader's own error during a continuation: the loop answers it
         except asyncio.TimeoutError:
-            raise  # the client was silent too long (autologout): the loop says BYE
+            raise  # the client missed a deadline (ClientTimeout): the loop says BYE
+        except CLIENT_GONE:
+            raise  # the client hung up or stopped reading: the loop logs one line
         except Exception:
             log.exception("imap %s failed", command.name)
             await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_SERVERBUG, r.SERVERBUG))
@@ -385,6 +367,7 @@ class ImapSession:
             await self.store.index.ensure_default_mailboxes(user.id)
         self.user = user
         self.state = ConnectionState.AUTHENTICATED
+        self.channel.logged_in()  # literals up to APPENDLIMIT from now on
         return "Logged in", r.code_capability(self.capabilities())
 
     async def _fail_auth(self, username: str):
@@ -481,180 +464,6 @@ class ImapSession:
     @staticmethod
     def _flag_list(sel: SelectedMailbox) -> list[str]:
         return [*SYSTEM_FLAGS, *sorted(sel.keywords)]
-
-    async def cmd_create(self, command: Command):
-        # RFC 3501 section 6.3.3: superior names are created as needed.
-        args = command.arguments
-        assert isinstance(args, MailboxName)
-        name = self._name(args.mailbox)
-        if name == "INBOX":
-            raise _No("Mailbox exists", r.ALREADYEXISTS)
-        index = self.store.index
-        parts = name.split(DELIMITER)
-        for depth in range(1, len(parts)):
-            parent = DELIMITER.join(parts[:depth])
-            if await index.get_mailbox(self.user_id, parent) is None:
-                try:
-                    await index.create_mailbox(self.user_id, parent)
-                except AlreadyExists:
-                    pass
-        try:
-            await index.create_mailbox(self.user_id, name)
-        except AlreadyExists:
-            raise _No("Mailbox exists", r.ALREADYEXISTS) from None
-        return "CREATE completed"
-
-    async def cmd_delete(self, command: Command):
-        # RFC 3501 section 6.3.4.
-        args = command.arguments
-        assert isinstance(args, MailboxName)
-        name = self._name(args.mailbox)
-        if name == "INBOX":
-            raise _No("INBOX cannot be deleted", r.CANNOT)
-        if self.selected is not None and self.selected.mailbox.name == name:
-            raise _No("Mailbox is selected", r.INUSE)
-        try:
-            await self.store.index.delete_mailbox(self.user_id, name)
-        except NotFound:
-            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
-        except ValueError:
-            raise _No("Mailbox cannot be deleted", r.CANNOT) from None
-        return "DELETE completed"
-
-    async def cmd_rename(self, command: Command):
-        # RFC 3501 section 6.3.5.
-        args = command.arguments
-        assert isinstance(args, Rename)
-        old, new = self._name(args.mailbox), self._name(args.new_name)
-        if new == "INBOX":
-            raise _No("Mailbox exists", r.ALREADYEXISTS)
-        try:
-            await self.store.index.rename_mailbox(self.user_id, old, new)
-        except NotFound:
-            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
-        except AlreadyExists:
-            raise _No("Mailbox exists", r.ALREADYEXISTS) from None
-        except ValueError:
-            raise _No("Mailbox cannot be renamed", r.CANNOT) from None
-        return "RENAME completed"
-
-    async def cmd_subscribe(self, command: Command):
-        # RFC 3501 sections 6.3.6 and 6.3.7.
-        args = command.arguments
-        assert isinstance(args, MailboxName)
-        try:
-            await self.store.index.set_subscribed(
-                self.user_id, self._name(args.mailbox), command.name == "SUBSCRIBE")
-        except NotFound:
-            raise _No(TEXT_NO_MAILBOX, r.NONEXISTENT) from None
-        return f"{command.name} completed"
-
-    cmd_unsubscribe = cmd_subscribe
-
-    async def _listing(self) -> list[tuple[str, Mailbox | None, bool]]:
-        """(name, mailbox or None for an implied parent, has children), sorted."""
-        boxes = {b.name: b for b in await self.store.index.list_mailboxes(self.user_id)}
-        names = set(boxes)
-        for name in list(boxes):  # superiors that do not exist are \Noselect
-            parts = name.split(DELIMITER)
-            names.update(DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
-        parents = {n.rpartition(DELIMITER)[0] for n in names if DELIMITER in n}
-        order = sorted(names, key=lambda n: (n != "INBOX", n))
-        return [(n, boxes.get(n), n in parents) for n in order]
-
-    async def cmd_list(self, command: Command):
-        # RFC 3501 section 6.3.8; RFC 5258 LIST-EXTENDED selection options (SUBSCRIBED,
-        # SPECIAL-USE, RECURSIVEMATCH) and return options (SUBSCRIBED, CHILDREN,
-        # SPECIAL-USE, STATUS: RFC 5819 LIST-STATUS); RFC 6154 special-use attributes.
-        args = command.arguments
-        assert isinstance(args, List)
-        select = set(args.selection_options)
-        returns = set(args.return_options)
-        if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH"}:
-            raise _bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 section 3
-        if len(args.patterns) == 1 and args.patterns[0] == "" and not args.extended:
-            # the hierarchy delimiter and root (RFC 3501 section 6.3.8)
-            await self.send(r.list_response(["\\Noselect"], DELIMITER, ""))
-            return "LIST completed"
-        regexes = [_pattern_regex(self._canonical(args.reference, p)) for p in args.patterns if p]
-        listing = await self._listing()
-
-        def selected_by_options(box: Mailbox | None) -> bool:
-            if "SUBSCRIBED" in select and (box is None or not box.subscribed):
-                return False
-            if "SPECIAL-USE" in select and (box is None or not box.special_use):
-                return False
-            return True
-
-        # RFC 5258 section 3.5 (RECURSIVEMATCH): a name is also returned when one of its
-        # descendants meets the selection criteria, with CHILDINFO naming them.
-        child_info: set[str] = set()
-        if "RECURSIVEMATCH" in select:
-            for name, box, _children in listing:
-                if selected_by_options(box):
-                    parts = name.split(DELIMITER)
-                    child_info.update(DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
-        out = []
-        for name, box, children in listing:
-            if not any(_name_matches(rx, name) for rx in regexes):
-                continue
-            meets = selected_by_options(box)
-            if not meets and name not in child_info:
-                continue
-            subscribed = box is not None and box.subscribed
-            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
-            if box is None:
-                attrs.insert(0, "\\NonExistent" if args.extended or self.rev2 else "\\Noselect")
-            elif box.special_use:
-                attrs.append(box.special_use)
-            if subscribed and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns):
-                attrs.append("\\Subscribed")
-            extended: list[tuple[str, object]] = []
-            if name in child_info:
-                extended.append(("CHILDINFO", ["SUBSCRIBED"] if "SUBSCRIBED" in select else ["SPECIAL-USE"]))
-            out.append(r.list_response(attrs, DELIMITER, name, extended=extended, utf8=self.rev2))
-            if args.status_items and box is not None and meets:  # RFC 5819 section 2
-                values = await self._status_values(box, args.status_items)
-                out.append(r.status_response(name, values, utf8=self.rev2))
-        await self.send(b"".join(out))
-        return "LIST completed"
-
-    @staticmethod
-    def _canonical(reference: str, pattern: str) -> str:
-        try:
-            reference, pattern = r.decode_modified_utf7(reference), r.decode_modified_utf7(pattern)
-        except ValueError:
-            raise _bad("Invalid mailbox name") from None
-        if pattern.startswith(DELIMITER) or not reference:
-            return pattern
-        if reference.endswith(DELIMITER):
-            return reference + pattern
-        return reference + DELIMITER + pattern
-
-    async def cmd_lsub(self, command: Command):
-        # RFC 3501 section 6.3.9.
-        args = command.arguments
-        assert isinstance(args, Lsub)
-        regex = _pattern_regex(self._canonical(args.reference, args.pattern))
-        listing = await self._listing()
-        subscribed = [name for name, box, _ in listing if box is not None and box.subscribed]
-        out = []
-        for name, box, children in listing:
-            if not _name_matches(regex, name):
-                continue
-            if box is None or not box.subscribed:
-                # RFC 3501 section 6.3.9: a "%" match that is not subscribed itself but
-                # has subscribed children is returned with \Noselect.
-                if "%" in args.pattern and any(s.startswith(name + DELIMITER) for s in subscribed):
-                    out.append(r.list_response(["\\Noselect"], DELIMITER, name, command="LSUB",
-                                               utf8=self.rev2))
-                continue
-            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
-            if box.special_use:
-                attrs.append(box.special_use)
-            out.append(r.list_response(attrs, DELIMITER, name, command="LSUB", utf8=self.rev2))
-        await self.send(b"".join(out))
-        return "LSUB completed"
 
     async def cmd_status(self, command: Command):
         # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ, RFC 7889
@@ -861,93 +670,9 @@ class ImapSession:
             self._structures[record.blob_key] = structure
         return structure
 
-    async def cmd_fetch(self, command: Command):
-        # RFC 3501 section 6.4.5; UID FETCH always reports UID (section 6.4.8); BINARY
-        # (RFC 3516); MODSEQ and CHANGEDSINCE (RFC 7162 sections 3.1.4, 3.1.4.1).
-        args = command.arguments
-        assert isinstance(args, Fetch)
-        if args.vanished:  # RFC 7162 section 3.2.6: needs QRESYNC, which is not offered
-            raise _bad("VANISHED needs QRESYNC")
-        attributes = list(args.attributes)
-        names = {a.name for a in attributes}
-        if names & {"SAVEDATE", "EMAILID", "THREADID"}:
-            raise _bad(TEXT_NOT_SUPPORTED)
-        if args.changed_since is not None or "MODSEQ" in names:
-            self.condstore = True  # a CONDSTORE enabling command (RFC 7162 section 3.1)
-            if "MODSEQ" not in names:
-                attributes.append(FetchAttribute("MODSEQ"))
-                names.add("MODSEQ")
-        if command.uid and "UID" not in names:
-            attributes.insert(0, FetchAttribute("UID"))
-        sets_seen = any(
-            (a.name in ("BODY", "BINARY") and a.section is not None and not a.peek)
-            or a.name in ("RFC822", "RFC822.TEXT")
-            for a in attributes)
-        needs_structure = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
-                                        "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
-        needs_blob = any(a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
-                         or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None)
-                         for a in attributes)
-        # Thunderbird's per-message BODY.PEEK[HEADER.FIELDS (...)]: read only the header
-        # block from the blob store (one ranged GET), not the whole message.
-        header_only = needs_blob and all(
-            a.name == "RFC822.HEADER"
-            or (a.name == "BODY" and a.section is not None and not a.section.part
-                and a.section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"))
-            for a in attributes
-            if a.name.startswith("RFC822") and a.name != "RFC822.SIZE"
-            or (a.name in ("BODY", "BINARY", "BINARY.SIZE") and a.section is not None))
-        sel = self.sel
-        resolved = self._resolve(args.sequence_set, command.uid)
-        records = await self._records([u for _, u in resolved])
-        targets = [(seq, u) for seq, u in resolved if u in records]
-        if args.changed_since is not None:
-            targets = [(seq, u) for seq, u in targets if records[u].modseq > args.changed_since]
-        if sets_seen and not sel.read_only:
-            unseen = [u for _, u in targets if "\\Seen" not in records[u].flags]
-            if unseen:
-                update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
-                for record in update.changed:
-                    records[record.uid] = record
-        for seq, u in targets:
-            record = records[u]
-            structure = await self._structure(record) if needs_structure else None
-            if header_only:
-                assert structure is not None
-                raw = await self.store.blobs.get_range(record.blob_key, 0, structure.body.body_start)
-            else:
-                raw = await self.store.blobs.get(record.blob_key) if needs_blob else b""
-            items: list[tuple[str, bytes]] = []
-            for attribute in attributes:
-                name = attribute.name
-                if name == "UID":
-                    items.append(("UID", r.encode_number(u)))
-                elif name == "FLAGS":
-                    items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
-                elif name == "INTERNALDATE":
-                    items.append(("INTERNALDATE", r.encode_internal_date(record.internal_date)))
-                elif name == "RFC822.SIZE":
-                    items.append(("RFC822.SIZE", r.encode_number(record.size)))
-                elif name == "MODSEQ":
-                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
-                elif name in ("BINARY", "BINARY.SIZE"):
-                    assert structure is not None
-                    try:
-                        items.append(bodystructure.fetch_binary_item(attribute, raw, structure))
-                    except UnknownTransferEncoding:
-                        raise _No("Unknown Content-Transfer-Encoding", r.UNKNOWN_CTE) from None
-                else:
-                    assert structure is not None
-                    items.append(bodystructure.fetch_body_item(attribute, raw, structure, utf8=self.rev2))
-            if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
-                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
-                if self.condstore and "MODSEQ" not in names:
-                    items.append(("MODSEQ", r.encode_modseq(record.modseq)))
-            elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
-                items.append(("MODSEQ", r.encode_modseq(record.modseq)))  # RFC 7162 3.1.4.1
-            sel.flags[u] = _shared_flags(record.flags)
-            await self.send(r.fetch_response(seq, items))
-        return "FETCH completed"
+    def _remember_flags(self, uid: int, flags: frozenset[str]) -> None:
+        """The flags of `uid` as just reported to the client."""
+        self.sel.flags[uid] = _shared_flags(flags)
 
     async def cmd_store(self, command: Command):
         # RFC 3501 section 6.4.6; UNCHANGEDSINCE and the MODIFIED code (RFC 7162 3.1.3).
@@ -1171,13 +896,6 @@ class ImapSession:
             await self.send(b"".join(out))
 
     HANDLERS: dict[str, Callable[["ImapSession", Command], Awaitable[object]]] = {}
-
-
-class _NoReplyType:
-    """Returned by a handler that has already sent its tagged response."""
-
-
-_NoReply = _NoReplyType()
 
 
 class _SearchContext:

@@ -11,11 +11,17 @@ sans-IO `CommandReader` and its commands to a `Pop3Session`.
 * Reader errors are answered with the ``-ERR`` they carry and the session goes on.
   Nothing else reaches the client: an unexpected exception is logged and the
   connection closed.
-* A client silent for `AUTOLOGOUT_SECONDS` gets ``-ERR`` and is disconnected without
-  entering the UPDATE state: nothing is removed.  RFC 1939 section 3 asks for at least
-  10 minutes in every state, so the same timer applies before login (unlike IMAP, whose
-  30-minute minimum covers authenticated sessions only); ``limits.connections_per_ip``
-  bounds what silent unauthenticated clients can hold.
+* Deadlines (`pymail.net.listen.Deadlines`), each answered with ``-ERR`` and a close
+  without entering the UPDATE state (nothing is removed): ``limits.login_timeout``
+  from connect (TLS handshake included) until login, ``limits.command_timeout`` for a
+  command line once its first byte came, and, once logged in, `AUTOLOGOUT_SECONDS`
+  (RFC 1939 section 3: at least 10 minutes) for a client silent between commands.
+  Before login the login deadline replaces RFC 1939's 10 idle minutes: a client that
+  has not logged in holds nothing worth waiting for, and ``limits.connections_per_ip``
+  plus the deadline bound what such clients can hold.  Output (RETR, TOP, listings)
+  waits for the client to read it, at most ``limits.send_timeout``.
+* A client that hangs up, fails a TLS handshake or stops reading ends with one INFO
+  line (``pop3 connection closed: rip=... reason=...``), never a traceback.
 * The client is the socket's peer, or the source of a trusted load balancer's PROXY
   header (`pymail.net.proxy`, read before TLS on ``pop3s``).  Before the greeting its
   address must be under ``limits.connections_per_ip`` (`pymail.net.limits`; else
@@ -30,13 +36,15 @@ sans-IO `CommandReader` and its commands to a `Pop3Session`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 
 from pymail.auth.service import Authenticator
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot
-from pymail.net.listen import READ_SIZE, StreamService
+from pymail.net.listen import (
+    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
+    ClientTimeouts, StreamConnection, StreamService,
+)
 from pymail.net.pop3.session import Logout, MaildropLocks, Pop3Session
 from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.pop3 import responses as r
@@ -47,55 +55,52 @@ from pymail.store import Store
 
 log = logging.getLogger("pymail.pop3")
 
-AUTOLOGOUT_SECONDS = 10 * 60
-PREAUTH_TIMEOUT_SECONDS = AUTOLOGOUT_SECONDS  # RFC 1939 section 3: in every state
+AUTOLOGOUT_SECONDS = 10 * 60  # RFC 1939 section 3, once logged in
 TOO_MANY_CONNECTIONS = "Too many connections from your address"
 
+#: What the last ``-ERR`` says for each missed deadline.
+GOODBYE_TEXTS = {
+    LOGIN_TIMEOUT: "Login took too long",
+    COMMAND_TIMEOUT: "Command line took too long",
+    DATA_RATE: "Command line took too long",  # POP3 has no literals: not reached
+    AUTOLOGOUT: "Disconnected for inactivity",
+}
 
-class Pop3Connection:
-    """One client connection: the stream pair, the command reader, the session.
 
-    Fields: ``tls`` whether the stream is encrypted now; ``client_ip`` the client's
-    address (a trusted PROXY header's source, else the peer); ``busy`` while a command
-    runs (shutdown waits for it); ``task`` the task serving the connection."""
+class Pop3Connection(StreamConnection):
+    """One client connection: the stream pair, the command reader, the session
+    (`StreamConnection` has the fields they share with IMAP)."""
+
+    protocol = "pop3"
+    log = log
 
     def __init__(self, service: Pop3Service, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, tls: bool,
-                 client: ClientAddress | None = None) -> None:
-        self.service = service
-        self.reader = reader
-        self.writer = writer
-        self.tls = tls
-        peer = client or writer.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if peer else "unknown"
+                 client: ClientAddress | None = None, connected_at: float | None = None) -> None:
+        super().__init__(service, reader, writer, tls=tls, client=client, connected_at=connected_at)
         self.commands = CommandReader()
         self.session = Pop3Session(service.store, service.authenticator, self, service.locks,
                                    starttls_available=not service.implicit_tls)
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None
 
     # -- the Channel the session uses ---------------------------------------------------
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
 
     def expect_sasl_response(self) -> None:
         self.commands.expect_sasl_response()
 
     async def next_event(self) -> object:
-        """The next reader event; raises TimeoutError when the client stays silent."""
+        """The next reader event; the deadlines apply (`ClientTimeout`)."""
         while True:
             event = self.commands.next_event()
             if event is not NEED_DATA:
                 return event
-            limit = (PREAUTH_TIMEOUT_SECONDS if self.session.state is Pop3State.AUTHORIZATION
-                     else AUTOLOGOUT_SECONDS)
+            logged_in = self.session.state is not Pop3State.AUTHORIZATION
             busy, self.busy = self.busy, False  # waiting on the client (SASL) is idle
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), limit)
+                data = await self.receive(self.commands.progress(), logged_in=logged_in,
+                                          idle=AUTOLOGOUT_SECONDS)
             finally:
                 self.busy = busy
+            assert data is not None
             self.commands.receive_data(data)
 
     async def start_tls(self) -> None:
@@ -103,7 +108,7 @@ class Pop3Connection:
         which the TLS transport would otherwise hand on as if it had come encrypted),
         then handshake."""
         stream_buffer = getattr(self.reader, "_buffer", None)
-        pending = self.commands.buffered + (len(stream_buffer) if stream_buffer is not None else 0)
+        pending = self.commands.buffered + self.pending_input()
         # No await between this and the transport pausing its reads inside start_tls,
         # so no plaintext can slip in between.
         if pending:
@@ -112,8 +117,7 @@ class Pop3Connection:
             if stream_buffer is not None:
                 stream_buffer.clear()
         self.commands = CommandReader()
-        await self.writer.start_tls(self.service.ssl_context)
-        self.tls = True
+        await self.upgrade_to_tls()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -141,36 +145,37 @@ class Pop3Connection:
                 if event is CONNECTION_CLOSED:
                     return
                 if isinstance(event, Command):
-                    self.busy = True
+                    self.busy, self.current = True, event.name
                     try:
                         await self.session.run_command(event)
                     finally:
                         self.busy = False
+                    self.current = None  # kept for the log line if the command failed
                 # a SaslResponse outside a SASL exchange cannot happen: the reader
                 # returns one only after expect_sasl_response()
-        except asyncio.TimeoutError:
-            with contextlib.suppress(Exception):
-                await self.send(r.err("Disconnected for inactivity"))
+        except ClientTimeout as timeout:
+            self.log_closed(timeout.reason)
+            await self.goodbye(r.err(GOODBYE_TEXTS[timeout.reason]))
         except Logout:
             pass
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
+        except CLIENT_GONE as error:
+            self.closed_by_client(error)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("pop3 connection from %s failed", self.client_ip)
+            log.exception("pop3 connection from rip=%s failed", self.client_ip)
         finally:
             if slot is not None:
                 slot.release()
             self.session.close()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await self.close()
 
     async def shutdown(self) -> None:
         """Say -ERR and close (server shutdown); marked messages are not removed."""
-        with contextlib.suppress(Exception):
+        try:
             self.writer.write(r.err("Server shutting down", r.CODE_SYS_TEMP))
+        except Exception:  # noqa: BLE001 - the transport is gone already
+            pass
         if self.task is not None:
             self.task.cancel()
         self.session.close()
@@ -180,16 +185,19 @@ class Pop3Connection:
 class Pop3Service(StreamService):
     """One POP3 service (``pop3`` or ``pop3s``) on its addresses, and its connections
     (`StreamService`: listening, PROXY headers, stop).  ``locks`` is shared with the
-    other POP3 service of the same worker."""
+    other POP3 service of the same worker; `timeouts` come from ``[limits]``."""
 
     connection_class = Pop3Connection
+    protocol = "pop3"
+    log = log
 
     def __init__(self, name: str, addresses: list[tuple[str, int]], store: Store,
                  authenticator: Authenticator, ssl_context: ssl.SSLContext, *,
                  implicit_tls: bool, locks: MaildropLocks | None = None,
                  reuse_port: bool = False, trusted_proxies: TrustedProxies | None = None,
-                 limiter: ConnectionLimiter | None = None) -> None:
+                 limiter: ConnectionLimiter | None = None,
+                 timeouts: ClientTimeouts | None = None) -> None:
         super().__init__(name, addresses, store, authenticator, ssl_context,
                          implicit_tls=implicit_tls, reuse_port=reuse_port,
-                         trusted_proxies=trusted_proxies, limiter=limiter)
+                         trusted_proxies=trusted_proxies, limiter=limiter, timeouts=timeouts)
         self.locks = locks if locks is not None else MaildropLocks()

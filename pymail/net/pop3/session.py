@@ -37,8 +37,10 @@ Invariants:
   on other nodes are not locked out; that is safe, because a session only ever removes
   the UIDs it listed and marked, removing an already removed UID is a no-op, and
   message numbers are per session.  IMAP sessions are never locked out.
-* RETR and TOP stream the blob in `CHUNK` pieces through the `DotStuffer`: memory per
-  connection is one chunk, whatever the message size.  POP3 sets no flags (RETR does
+* RETR and TOP stream the blob in `CHUNK` pieces through the `DotStuffer`, each piece
+  sent and drained (within ``limits.send_timeout``) before the next is read: memory per
+  connection is about one chunk plus the write buffer, whatever the message size and
+  whether the client reads.  POP3 sets no flags (RETR does
   not set ``\\Seen``): the only change a POP3 session makes is the removal at QUIT.
 """
 

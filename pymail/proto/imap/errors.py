@@ -19,6 +19,7 @@ TEXT_NESTING_TOO_DEEP = "Too deeply nested"
 TEXT_EXPECTED_DONE = "Expected DONE"
 TEXT_FATAL_LITERAL = "[TOOBIG] Non-synchronizing literal too large"
 TEXT_FATAL_PROTOCOL = "Protocol error"
+TEXT_WRONG_STATE = "Command not allowed now"  # as the session says it
 
 STATUS_BAD = "BAD"
 STATUS_NO = "NO"

@@ -14,7 +14,16 @@ Invariants:
   plus at most one literal's declared size while a literal is read.
 * A literal's size is checked before ``NeedContinuation`` is returned (RFC 3501 section
   7.5, RFC 7888 section 4): an over-size APPEND literal is refused with ``NO [TOOBIG]``,
-  any other with ``BAD``; an over-size non-synchronising literal is fatal (BYE).
+  any other with ``BAD``; an over-size non-synchronising literal is fatal (BYE).  The
+  literals of one command other than APPEND total at most ``max_command_literals``.
+* Before login (a reader made with ``prelogin_literal``, until ``logged_in()``) the
+  literals of one command total at most ``prelogin_literal`` octets, and a synchronising
+  literal of a command not allowed before login is refused with the session's
+  wrong-state ``BAD`` before its ``+``: nothing larger than that is ever read from a
+  client that has not logged in (a larger ``{n+}`` is fatal, RFC 7888 section 4).
+* ``progress()`` says what the reader is waiting for -- nothing (between commands), the
+  rest of a command line, or literal data (how much of it came) -- so that the
+  connection can apply a command deadline and a minimum data rate.
 * After ``BadCommand`` the reader has already skipped the rest of the failed command,
   so the next call reads the next command; pipelined commands come out one by one and
   bytes behind a command stay buffered for the next one.
@@ -29,16 +38,20 @@ from dataclasses import dataclass
 
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
-from pymail.proto.imap.states import ALL_COMMANDS, UID_COMMANDS
+from pymail.proto.imap.states import ALL_COMMANDS, NOT_AUTHENTICATED_COMMANDS, UID_COMMANDS
 from pymail.proto.imap.types import (
     Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota,
     Id, List, Login, Lsub, MailboxName, Rename, Search, SearchKey, Section, Select,
     SequenceSet, Status, Store,
 )
+from pymail.proto.progress import (  # noqa: F401 - re-exported for the connection
+    READING_LINE, READING_LITERAL, WAITING_FOR_COMMAND, ReadProgress,
+)
 
 DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_MAX_LITERAL = 64 * 1024  # literals outside APPEND (passwords, search strings)
 DEFAULT_MAX_APPEND = 50 * 1024 * 1024  # APPENDLIMIT (RFC 7889)
+DEFAULT_MAX_COMMAND_LITERALS = 1024 * 1024  # all literals of a command other than APPEND
 DEFAULT_MAX_DEPTH = 20  # parentheses, NOT and OR nesting
 MAX_NUMBER = 2**32 - 1  # RFC 3501 section 9 "number"
 MAX_NUMBER64 = 2**63 - 1  # RFC 9051 section 9 "number64"
@@ -911,16 +924,25 @@ class CommandReader:
     """Incremental IMAP command reader; see the module docstring for the contract.
 
     Fields: ``max_line`` bounds a command's text outside literals; ``max_literal`` a
-    literal outside APPEND; ``max_append`` an APPEND literal (and a command's literal
-    total); ``max_depth`` parenthesis/NOT/OR nesting.
+    literal outside APPEND; ``max_append`` an APPEND literal (and an APPEND's literal
+    total); ``max_command_literals`` the literal total of any other command;
+    ``prelogin_literal`` the literal total of a command before ``logged_in()``;
+    ``max_depth`` parenthesis/NOT/OR nesting.
     """
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_literal: int = DEFAULT_MAX_LITERAL,
-                 max_append: int = DEFAULT_MAX_APPEND, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+                 max_append: int = DEFAULT_MAX_APPEND, max_depth: int = DEFAULT_MAX_DEPTH,
+                 max_command_literals: int = DEFAULT_MAX_COMMAND_LITERALS,
+                 prelogin_literal: int | None = None) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
         self.max_append = max_append
         self.max_depth = max_depth
+        self.max_command_literals = max_command_literals
+        #: literal octets one command may carry before login; None once logged in
+        self.prelogin_literal = prelogin_literal
+        self._literal_number = 0  # literals begun (read or discarded) by this reader
+        self._skip_literal_size = 0  # size of the {n+} literal being discarded
         self._buffer = bytearray()  # received, not yet consumed
         self._closed = False  # receive_data(b"") seen
         self._fatal: FatalProtocolError | None = None
@@ -939,7 +961,7 @@ class CommandReader:
         """Append client bytes; ``b""`` marks the end of the stream."""
         if not data:
             self._closed = True
-        else:
+        elif self._fatal is None:  # after a fatal error nothing more is kept
             self._buffer += data
 
     def expect_continuation_line(self) -> None:
@@ -950,10 +972,29 @@ class CommandReader:
         """The next line must be ``DONE`` (RFC 2177), returned as IdleDone."""
         self._line_mode = IdleDone
 
+    def logged_in(self) -> None:
+        """The client has authenticated: the pre-login literal limit no longer applies."""
+        self.prelogin_literal = None
+
     @property
     def buffered(self) -> int:
         """Bytes held, for tests of the memory bound."""
         return len(self._buffer) + self._line_total + self._literal_total
+
+    def progress(self) -> ReadProgress:
+        """What the reader waits for (meaningful after ``next_event`` gave NEED_DATA)."""
+        if self._pending is not None:
+            return ReadProgress(READING_LITERAL, self._literal_number, len(self._buffer))
+        if self._skip_literal:
+            return ReadProgress(READING_LITERAL, self._literal_number,
+                                self._skip_literal_size - self._skip_literal)
+        if self._buffer or self._fragments or self._skip_error is not None:
+            return ReadProgress(READING_LINE)
+        return ReadProgress(WAITING_FOR_COMMAND)
+
+    def _largest_fatal_literal(self) -> int:
+        """A ``{n+}`` behind a refused line above this ends the connection."""
+        return self.max_append if self.prelogin_literal is None else self.prelogin_literal
 
     # -- output --
     def next_event(self) -> object:
@@ -1017,9 +1058,9 @@ class CommandReader:
                 if marker is None or not marker.group(3):
                     error, self._skip_error = self._skip_error, None
                     raise error
-                if int(marker.group(2)) > self.max_append:
+                if int(marker.group(2)) > self._largest_fatal_literal():
                     raise FatalProtocolError(errors.TEXT_FATAL_LITERAL)
-                self._skip_literal = int(marker.group(2))
+                self._begin_skip_literal(int(marker.group(2)))
                 continue
             if self._line_mode is not None:
                 return self._line_event(line)
@@ -1053,14 +1094,23 @@ class CommandReader:
         size = int(marker.group(2))
         synchronising = not marker.group(3)
         tag, name = _head(self._fragments[0])
-        limit = self.max_append if name == "APPEND" else self.max_literal
-        too_big = size > limit or self._literal_total + size > self.max_append
+        prelogin = self.prelogin_literal is not None
+        if prelogin:
+            limit = total = self.prelogin_literal
+        elif name == "APPEND":
+            limit = total = self.max_append
+        else:
+            limit, total = self.max_literal, self.max_command_literals
+        too_big = size > limit or self._literal_total + size > total
         if not synchronising:
             if too_big:  # RFC 7888 section 4: the bytes are coming; we cannot resync
                 raise FatalProtocolError(errors.TEXT_FATAL_LITERAL)
-            self._pending = (size, binary)
-            self._literal_total += size
+            self._begin_literal(size, binary)
             return None
+        if prelogin and name not in NOT_AUTHENTICATED_COMMANDS and name in ALL_COMMANDS:
+            # e.g. APPEND before login: the session's answer, before the literal is sent
+            self._reset_command()
+            raise BadCommand(tag, errors.TEXT_WRONG_STATE)
         if too_big:
             self._reset_command()
             if name == "APPEND":
@@ -1070,9 +1120,17 @@ class CommandReader:
             # refuse before asking for the literal; the client will not send it
             self._reset_command()
             raise BadCommand(tag, errors.TEXT_UNKNOWN_COMMAND if tag != "*" else errors.TEXT_SYNTAX)
+        self._begin_literal(size, binary)
+        return NeedContinuation(tag, size)
+
+    def _begin_literal(self, size: int, binary: bool) -> None:
         self._pending = (size, binary)
         self._literal_total += size
-        return NeedContinuation(tag, size)
+        self._literal_number += 1
+
+    def _begin_skip_literal(self, size: int) -> None:
+        self._skip_literal = self._skip_literal_size = size
+        self._literal_number += 1
 
     def _start_skip(self, text: str, head: bytes) -> None:
         tag = _head(self._fragments[0] if self._fragments else head[:200])[0]
@@ -1105,6 +1163,6 @@ class CommandReader:
             if marker is None or not marker.group(3):
                 return True
             size = int(marker.group(2))
-            if size > self.max_append:
+            if size > self._largest_fatal_literal():
                 raise FatalProtocolError(errors.TEXT_FATAL_LITERAL)
-            self._skip_literal = size
+            self._begin_skip_literal(size)

@@ -235,6 +235,7 @@ def encode_internal_date(moment: datetime.datetime) -> bytes:
 # --- mailbox names: modified UTF-7 (RFC 3501 section 5.1.3) -------------------------------------
 
 _MB64_ALPHABET = re.compile(r"[A-Za-z0-9+,]*")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 def encode_modified_utf7(name: str) -> str:
@@ -244,6 +245,8 @@ def encode_modified_utf7(name: str) -> str:
     characters is ``&`` + modified BASE64 (``,`` for ``/``, no padding) of its UTF-16BE
     (surrogate pairs for non-BMP characters) + ``-``.  Lone surrogates (raw bytes kept
     by ``surrogateescape``) cannot be represented and raise UnicodeEncodeError."""
+    if _PRINTABLE_ASCII.fullmatch(name):  # the common case, without a loop per character
+        return name.replace("&", "&-")
     out: list[str] = []
     run: list[str] = []
 

@@ -19,6 +19,8 @@ Invariants:
 * After `CommandError` the reader is at the next line: pipelined commands (RFC 2449
   section 6.6) come out one by one, and bytes behind a command stay buffered for the
   next call (``buffered`` says how many: STLS needs to know, RFC 2595 section 4).
+* ``progress()`` says whether part of a line is held (or being discarded), so that the
+  connection can apply the command deadline from the line's first byte.
 * Each command's arguments are checked here, by a table of parsers keyed by command
   name; a `Command` carries typed arguments (ints for message numbers).  Whether the
   command is allowed in the session's state is the session's concern (`states`).
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pymail.proto.pop3 import errors
 from pymail.proto.pop3.errors import CommandError
 from pymail.proto.pop3.states import ALL_COMMANDS
+from pymail.proto.progress import READING_LINE, WAITING_FOR_COMMAND, ReadProgress
 
 MAX_COMMAND_LINE = 512
 MAX_SASL_LINE = 8192  # a SASL response line (base64; PLAIN and LOGIN need far less)
@@ -199,6 +202,12 @@ class CommandReader:
     def buffered(self) -> int:
         """Bytes received but not yet read as a line."""
         return len(self._buffer)
+
+    def progress(self) -> ReadProgress:
+        """What the reader waits for (meaningful after ``next_event`` gave NEED_DATA)."""
+        if self._buffer or self._skipping:
+            return ReadProgress(READING_LINE)
+        return ReadProgress(WAITING_FOR_COMMAND)
 
     def expect_sasl_response(self) -> None:
         """Read the next line as a `SaslResponse` (after a ``+`` challenge)."""
