@@ -46,6 +46,13 @@ def _structure_json(message: bytes) -> str:
     return parse_structure(message).to_json()
 
 
+async def structure_json(message: bytes) -> str:
+    """The stored structure (JSON) of `message`, parsed in a thread when it is large."""
+    if len(message) > PARSE_IN_THREAD_ABOVE:
+        return await asyncio.to_thread(_structure_json, message)
+    return _structure_json(message)
+
+
 def _structure_json_of_file(path: Path) -> str:
     """The structure of the message in `path`, parsed over an mmap (blocking: run it in
     a thread)."""
@@ -89,10 +96,7 @@ class LocalDeliverer:
             data = message.data if isinstance(message, MessageContent) else message
             assert data is not None
             size = len(data)
-            if size > PARSE_IN_THREAD_ABOVE:
-                structure = await asyncio.to_thread(_structure_json, data)
-            else:
-                structure = _structure_json(data)
+            structure = await structure_json(data)
             key = await self.blobs.put(data)
         stored = await self.index.deliver(
             Delivery(

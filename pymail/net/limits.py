@@ -125,11 +125,6 @@ class ConnectionLimiter:
         self.counts[ip] = held + 1
         return ConnectionSlot(self, ip)
 
-    def acquire(self, ip: str) -> ConnectionSlot | None:
-        """`admit`, with None for a refusal (whatever the reason)."""
-        admitted = self.admit(ip)
-        return admitted if isinstance(admitted, ConnectionSlot) else None
-
     def held(self, ip: str) -> int:
         """The connections `ip` holds now."""
         return self.counts.get(ip, 0)

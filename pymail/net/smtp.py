@@ -57,7 +57,7 @@ from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from pymail.delivery.spool import MessageContent, Spool, SpoolError, SpoolWriter
 from pymail.mail.address import AddressError, split_path
-from pymail.net.limits import ConnectionLimiter, ConnectionSlot
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import bound_addresses
 from pymail.net.mx import MxHandler, PymailEnvelope
 from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
@@ -208,11 +208,11 @@ class PymailSMTP(SMTP):
         slot: ConnectionSlot | None = None
         try:
             if self._limiter is not None:
-                slot = self._limiter.acquire(self._peer_ip())
-                if slot is None:
-                    self._refuse(Reply.TOO_MANY_CONNECTIONS,
-                                 f"too_many_connections limit={self._limiter.limit}")
+                admitted = self._limiter.admit(self._peer_ip())
+                if isinstance(admitted, Refused):  # too many at once, or too fast
+                    self._refuse(Reply.TOO_MANY_CONNECTIONS, f"{admitted.reason} {admitted.detail}")
                     return
+                slot = admitted
             if self._gate is not None:
                 try:
                     refusal = await self._gate(self._peer_ip())

@@ -39,7 +39,7 @@ from pymail.auth.service import Authenticator
 from pymail.net.imap.refusals import Logout
 from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, DEFAULT_FETCH_SECTIONS, ImapSession
 from pymail.net.imap.watch import MailboxWatcher
-from pymail.net.limits import ConnectionLimiter, ConnectionSlot
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import (
     AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
     ClientTimeouts, StreamConnection, StreamService,
@@ -132,12 +132,12 @@ class ImapConnection(StreamConnection):
         slot: ConnectionSlot | None = None
         try:
             if self.service.limiter is not None:
-                slot = self.service.limiter.acquire(self.client_ip)
-                if slot is None:
-                    log.info("imap connection refused rip=%s reason=too_many_connections limit=%d",
-                             self.client_ip, self.service.limiter.limit)
+                admitted = self.service.limiter.admit(self.client_ip)
+                if isinstance(admitted, Refused):  # too many at once, or too fast
+                    log.info("imap connection refused rip=%s %s", self.client_ip, admitted)
                     await self.send(r.untagged_status(r.STATUS_BYE, TOO_MANY_CONNECTIONS))
                     return
+                slot = admitted
             if await self.service.authenticator.is_banned(self.client_ip):
                 # RFC 3501 section 7.1.5: BYE as the greeting refuses the connection
                 log.info("imap connection refused rip=%s reason=banned", self.client_ip)

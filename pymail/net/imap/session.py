@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.mail.mime import MessageStructure, iter_text, parse_structure
+from pymail.delivery.local import structure_json
+from pymail.mail.mime import MessageStructure, iter_text
 from pymail.net.imap.fetch import FetchCommand
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
@@ -74,6 +75,7 @@ from pymail.store import (
     Delivery, DeliveryTarget, Mailbox, MessageRecord, StorageError,
     Store as MailStore, User,
 )
+from pymail.store.interfaces import is_no_space
 
 log = logging.getLogger("pymail.imap")
 
@@ -98,6 +100,7 @@ DEFAULT_FETCH_SECTIONS = 100
 TEXT_WRONG_STATE = errors.TEXT_WRONG_STATE  # the reader refuses literals with it too
 TEXT_AUTH_FAILED = "Authentication failed"
 TEXT_UNAVAILABLE = "Temporary failure, try again later"
+TEXT_NO_SPACE = "Not enough disk space"
 TEXT_SERVERBUG = "Internal error"
 TEXT_NO_MAILBOX = "No such mailbox"
 TEXT_BAD_SEQUENCE = "Invalid message sequence number"
@@ -241,7 +244,10 @@ class ImapSession(MailboxCommands, FetchCommand):
             return
         except StorageError as exc:
             log.warning("imap %s failed: storage: %s", command.name, exc)
-            await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_UNAVAILABLE, r.UNAVAILABLE))
+            if is_no_space(exc):  # as Dovecot answers a full disk
+                await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_NO_SPACE, r.OVERQUOTA))
+            else:
+                await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_UNAVAILABLE, r.UNAVAILABLE))
             return
         except BadCommand:
             raise  # the reader's own error during a continuation: the loop answers it
@@ -502,8 +508,12 @@ class ImapSession(MailboxCommands, FetchCommand):
         if len(args.message) > self.append_limit:  # RFC 7889; the reader checks it first
             raise _No("Message too big", r.TOOBIG)
         await self._check_quota(len(args.message))
+        space = self.store.space
+        if space is not None and not space.room_for(len(args.message)):
+            # below storage.min_free_space: new mail waits, deleting still works
+            raise _No(TEXT_NO_SPACE, r.OVERQUOTA)
         flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
-        structure = parse_structure(args.message).to_json()
+        structure = await structure_json(args.message)
         key = await self.store.blobs.put(args.message)
         moment = args.internal_date or _dt.datetime.now(_dt.timezone.utc)
         stored = await self.store.index.deliver(Delivery(

@@ -40,7 +40,7 @@ import logging
 import ssl
 
 from pymail.auth.service import Authenticator
-from pymail.net.limits import ConnectionLimiter, ConnectionSlot
+from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import (
     AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
     ClientTimeouts, StreamConnection, StreamService,
@@ -125,12 +125,12 @@ class Pop3Connection(StreamConnection):
         slot: ConnectionSlot | None = None
         try:
             if self.service.limiter is not None:
-                slot = self.service.limiter.acquire(self.client_ip)
-                if slot is None:
-                    log.info("pop3 connection refused rip=%s reason=too_many_connections limit=%d",
-                             self.client_ip, self.service.limiter.limit)
+                admitted = self.service.limiter.admit(self.client_ip)
+                if isinstance(admitted, Refused):  # too many at once, or too fast
+                    log.info("pop3 connection refused rip=%s %s", self.client_ip, admitted)
                     await self.send(r.err(TOO_MANY_CONNECTIONS, r.CODE_SYS_TEMP))
                     return
+                slot = admitted
             if await self.service.authenticator.is_banned(self.client_ip):
                 log.info("pop3 connection refused rip=%s reason=banned", self.client_ip)
                 await self.send(b"-ERR [AUTH] Your address is temporarily blocked\r\n")
