@@ -506,11 +506,16 @@ class SmtpService:
         for host, port in self.addresses:
             server = await start_listener(
                 self.name, self._protocol, host, port, tls=tls, trusted=self.trusted_proxies,
-                reuse_port=self.reuse_port,
+                reuse_port=self.reuse_port, tls_failed=self._tls_failed,
             )
             self.servers.append(server)
             bound += bound_addresses(server.sockets)
         return bound
+
+    def _tls_failed(self, client_ip: str, error: BaseException) -> None:
+        """An implicit-TLS handshake (port 465) failed or the client left during it:
+        one INFO line, as for a failed STARTTLS."""
+        log.info("TLS handshake failed (%s) rip=%s", _tls_failure(error), client_ip)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let deliveries in progress finish (up to `grace` s), close."""

@@ -499,6 +499,21 @@ def test_old_tls_on_starttls_is_one_info_line(tls_server: PymailServer, version:
     assert_no_errors(tls_server)
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["tls1.0", "tls1.1"])
+def test_old_tls_on_465_is_one_info_line(tls_server: PymailServer, version: ssl.TLSVersion) -> None:
+    """Item 10 on the implicit-TLS port: the handshake happens before SMTP starts, and a
+    TLS 1.0/1.1 client there was not logged at all; now the same one INFO line."""
+    source = f"127.0.0.{47 + (version == ssl.TLSVersion.TLSv1_1)}"
+    sock = socket.create_connection(("127.0.0.1", tls_server.submissions_port), timeout=30,
+                                    source_address=(source, 0))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        old_tls_context(version).wrap_socket(sock, server_hostname="127.0.0.1")
+    sock.close()
+    [line] = lines_of(tls_server, source, wait_for="TLS handshake failed")
+    assert " INFO " in line and "TLS handshake failed (unsupported protocol)" in line, line
+    assert_no_errors(tls_server)
+
+
 @pytest.mark.parametrize(
     ("source", "script", "stage"),
     [
