@@ -634,6 +634,116 @@ class BanConfig(_Section):
         return _networks(value)
 
 
+class DeliveryConfig(_Section):
+    """Outbound mail: the queue, its retries, TLS policy, bounces (pymail.delivery)."""
+
+    relay_host: str | None = Field(
+        default=None,
+        description="Send all outbound mail through this smarthost, \"host:port\" (e.g. "
+        "your ISP's \"smtp.isp.example:587\" when port 25 is blocked), instead of to each "
+        "domain's MX. Unset: direct delivery.",
+    )
+    relay_tls: str = Field(
+        default="starttls",
+        pattern="^(starttls|implicit|none)$",
+        description="TLS to the relay host: \"starttls\" (required, certificate verified), "
+        "\"implicit\" (TLS from the first byte, port 465), or \"none\" (only for a relay "
+        "on the same trusted network).",
+    )
+    relay_auth_file: Path | None = Field(
+        default=None,
+        description="SASL login for the relay host: a file whose first line is "
+        "\"username:password\", readable by pymail only. Unset: no AUTH.",
+    )
+    max_lifetime: Duration = Field(
+        default=5 * 86400.0,
+        ge=60.0,
+        description="How long a message is retried before it is bounced (Postfix's "
+        "maximal_queue_lifetime, 5 days).",
+    )
+    retry_first: Duration = Field(
+        default=300.0,
+        ge=1.0,
+        description="Delay before the first retry; each later one doubles it, with jitter.",
+    )
+    retry_max: Duration = Field(
+        default=4 * 3600.0,
+        ge=1.0,
+        description="The longest delay between two attempts.",
+    )
+    delay_warning: Duration = Field(
+        default=4 * 3600.0,
+        ge=0.0,
+        description="After this long undelivered, the sender gets one delayed-delivery "
+        "notice (RFC 3464 Action: delayed). 0: never.",
+    )
+    concurrency: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Deliveries in progress at once, per worker process.",
+    )
+    per_domain: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Connections to one destination domain at once, per worker process "
+        "(Postfix's default_destination_concurrency_limit).",
+    )
+    lease: Duration = Field(
+        default=600.0,
+        ge=30.0,
+        description="How long a node owns the recipients it took from the shared queue; a "
+        "node that dies mid-delivery leaves them to another node after this.",
+    )
+    mta_sts: bool = Field(
+        default=True,
+        description="Honour MTA-STS policies (RFC 8461): enforce = verified TLS to matching MX "
+        "hosts only.",
+    )
+    dane: bool = Field(
+        default=True,
+        description="Honour DANE TLSA records (RFC 7672) when the resolver's answers are "
+        "DNSSEC-validated (AD bit: list a local validating resolver in [dns]).",
+    )
+    bounce_size_limit: Size = Field(
+        default=parse_size("50KB"),
+        ge=0,
+        description="Most bytes of the original message a bounce quotes for RET=FULL; "
+        "larger ones quote the headers only (Postfix's bounce_size_limit).",
+    )
+    srs_secret_file: Path | None = Field(
+        default=None,
+        description="Secret for SRS, the sender rewriting of mail forwarded to other domains "
+        "(so SPF passes at the next hop). Unset: made under data_dir on first use.",
+    )
+
+    @field_validator("relay_host")
+    @classmethod
+    def _relay(cls, value: str | None) -> str | None:
+        return None if value is None else parse_hostport(value)
+
+
+class DkimConfig(_Section):
+    """DKIM signing of outbound mail (RFC 6376, RFC 8463)."""
+
+    sign: bool = Field(
+        default=True,
+        description="Sign mail sent by authenticated users of local domains, and pymail's "
+        "own bounces, with the domain's keys in key_dir (if it has any).",
+    )
+    selector: str = Field(
+        default="mail",
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+        description="Selector `pymail dkim keygen` uses when none is given.",
+    )
+    key_dir: Path | None = Field(
+        default=None,
+        description="Where the keys live: key_dir/DOMAIN/SELECTOR.{rsa,ed25519}.pem (mode "
+        "0600). Default: data_dir/dkim.",
+    )
+
+
 class AuthConfig(_Section):
     ldap: LdapConfig = Field(
         default_factory=LdapConfig, description="LDAP for domains with auth_type 'ldap'."
@@ -658,6 +768,10 @@ class Config(_Section):
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Protocol limits.")
     dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolvers.")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="Outbound mail: queue, retries, relay."
+    )
+    dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM signing.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig, description="Login: LDAP domains, failed-login bans."
     )
@@ -673,6 +787,10 @@ class Config(_Section):
     @property
     def tls_dir(self) -> Path:
         return self.server.data_dir / "tls"
+
+    @property
+    def dkim_key_dir(self) -> Path:
+        return self.dkim.key_dir or self.server.data_dir / "dkim"
 
     @property
     def spool_dir(self) -> Path:
