@@ -29,8 +29,14 @@ source "$(dirname "$0")/lib.sh"
 #   (python3-systemd, an nftables|iptables firewall), which only a running jail uses.
 # - nsd: the tests' own authoritative DNS server on a loopback port (tests/services/nsd.py),
 #   the only DNS any test asks; nsd-checkzone comes with it, no Recommends used.
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd
+# - iproute2 (ip), util-linux (unshare, essential): the private network namespace below.
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1
-exec "$VENV/bin/python" -m pytest "$@"
+# The suite runs in a network namespace of its own (loopback only, brought up here):
+# every 127.0.0.0/8 address and port -- 25 included, where the tests' remote mail
+# servers listen as real ones do -- belongs to the tests, and nothing outside the
+# machine can be reached at all, so no test can leak a lookup or a connection.
+export PYMAIL_TEST_NETNS=1
+exec unshare --net -- sh -c 'ip link set lo up && exec "$0" -m pytest "$@"' "$VENV/bin/python" "$@"
