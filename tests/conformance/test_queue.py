@@ -239,7 +239,7 @@ async def test_concurrent_claims_never_share_a_recipient(harness: StoreHarness) 
         entries = await _queue(first).list_entries(limit=100)
         leased = {r.id: r.lease_owner for e in entries for r in e.recipients}
         for owner, ids in owners.items():
-            assert {leased[i] for i in ids} == {owner}
+            assert {leased[i] for i in ids} <= {owner}
 
 
 # --------------------------------------------------------------------------- record

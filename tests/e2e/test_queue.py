@@ -289,3 +289,37 @@ def test_queue_commands(server: PymailServer) -> None:
     assert server.cli("queue", check=False).returncode == 2  # usage
     assert "deleted" in server.cli("queue", "delete", queue_id).stdout
     assert entries(server) == []
+
+
+def test_postgres_outage_between_rcpt_and_data_leaves_neither(
+        tmp_path: Path, s3_service, request: pytest.FixtureRequest) -> None:
+    """The outage trick of test_outages.py: the recipients are routed, then PostgreSQL
+    stops; the blobs reach S3 but the one index transaction cannot commit: 451, and once
+    the database is back neither the local copy nor the queue entry exists."""
+    from tests.e2e.test_outages import storage_toml
+    from tests.services.postgres import start_postgres_service
+
+    own_pg = start_postgres_service()
+    request.addfinalizer(own_pg.stop)
+    dsn = own_pg.create_database_sync("qout")
+    bucket = s3_service.unique_bucket("qout")
+    s3_service.create_bucket(bucket)
+    srv = PymailServer(tmp_path, storage_config=storage_toml(dsn, s3_service, bucket,
+                                                             tmp_path / "secret"),
+                       submission=True, extra_config=dead_dns())
+    srv.add_user(ALICE)
+    srv.add_user(CAROL)
+    srv.start()
+    try:
+        with submission(srv) as client:
+            client.mail(ALICE)
+            assert client.rcpt(CAROL)[0] == 250
+            assert client.rcpt("bob@remote.test")[0] == 250
+            own_pg.stop_server(mode="immediate")
+            code, text = client.data(BODY)
+            assert (code, text[:5]) == (451, b"4.3.0"), (code, text)
+        own_pg.start_server()
+        assert srv.inbox(CAROL) == []
+        assert entries(srv) == []
+    finally:
+        srv.stop()
