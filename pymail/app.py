@@ -28,7 +28,7 @@ from pathlib import Path
 from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
-from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
 from pymail.net import sdnotify
@@ -179,6 +179,8 @@ class Worker:
     #: connections per client address (held at once, and opened per minute), shared by
     #: every mail listener of this process (None: both limits are 0)
     limiter: ConnectionLimiter | None = None
+    #: the delivery pipeline every message goes through (made at start)
+    pipeline: Pipeline | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -197,9 +199,12 @@ class Worker:
         limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
                                     rate_per_minute=cfg.limits.connection_rate_per_ip)
         self.limiter = limiter if limiter.enabled else None
+        # One pipeline for every way mail arrives (MX, submission, pymail's bounces).
+        # (The DKIM signer, pymail.delivery.dkim, plugs in as `signer`.)
+        self.pipeline = Pipeline(store=self.store, router=Router(self.store.directory),
+                                 signer=None, config=cfg)
         handler = MxHandler(
-            router=Router(self.store.directory),
-            deliverer=LocalDeliverer(self.store.blobs, self.store.index),
+            pipeline=self.pipeline,
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,
@@ -207,8 +212,7 @@ class Worker:
         )
         lines = []
         submission_handler = SubmissionHandler(
-            router=handler.router,
-            deliverer=handler.deliverer,
+            pipeline=self.pipeline,
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,

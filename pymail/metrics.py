@@ -12,12 +12,14 @@ small fixed sets (verdicts, reasons), never addresses or other client input.
 
 from __future__ import annotations
 
+import datetime
 import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -47,6 +49,44 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 MESSAGE_BYTES = Counter("pymail_stored_message_bytes_total", "Bytes of messages stored.")
+
+# The outbound queue (pymail.store.queue), read from the shared index when /metrics is
+# scraped (`refresh_queue`): every worker and node sees the same queue, so in
+# multiprocess mode the workers' values are the same and "max" reports it once.
+QUEUE_MESSAGES = Gauge(
+    "pymail_queue_messages", "Messages in the outbound queue (not yet purged).",
+    multiprocess_mode="max",
+)
+QUEUE_RECIPIENTS = Gauge(
+    "pymail_queue_recipients", "Recipients in the outbound queue, by status "
+    "(queued = waiting for an attempt; delivered/failed/expired until purged).",
+    ["status"], multiprocess_mode="max",
+)
+QUEUE_OLDEST_SECONDS = Gauge(
+    "pymail_queue_oldest_age_seconds",
+    "Age of the oldest message with a recipient still waiting (0: none waits).",
+    multiprocess_mode="max",
+)
+#: Scrapes within this many seconds of the last reading reuse it (the counts are
+#: queries on the index: a scraper polling every second must not load the database).
+QUEUE_REFRESH_SECONDS = 5.0
+_queue_read_at = -QUEUE_REFRESH_SECONDS
+
+
+async def refresh_queue(queue: object, *, now: float, wall: "datetime.datetime") -> None:
+    """Set the queue gauges from ``queue.stats()`` (a `QueueStore`), at most once per
+    `QUEUE_REFRESH_SECONDS` of `now` (monotonic); `wall` is the time ages are measured
+    at.  Backend errors propagate (the caller serves the other metrics anyway)."""
+    global _queue_read_at
+    if now - _queue_read_at < QUEUE_REFRESH_SECONDS:
+        return
+    stats = await queue.stats()  # type: ignore[attr-defined]
+    _queue_read_at = now
+    QUEUE_MESSAGES.set(stats.messages)
+    for status in ("queued", "delivered", "failed", "expired"):
+        QUEUE_RECIPIENTS.labels(status).set(stats.by_status.get(status, 0))
+    QUEUE_OLDEST_SECONDS.set(
+        max(0.0, (wall - stats.oldest).total_seconds()) if stats.oldest else 0.0)
 
 
 def exposition() -> tuple[bytes, str]:

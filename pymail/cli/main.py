@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import getpass
 import os
 import shutil
@@ -294,6 +295,128 @@ def cmd_store(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, action, blobs=True))
 
 
+# --------------------------------------------------------------------------- queue
+# `pymail queue ...` (the outbound queue, pymail.store.queue).  Its own block: the DKIM
+# commands live in theirs.
+
+
+def _age(delta: "datetime.timedelta") -> str:
+    """A duration as a mail admin reads it: 45s, 12m, 3h05m, 2d04h."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _first_line(text: str | None) -> str:
+    return " ".join((text or "").splitlines()[:1])[:120]
+
+
+def _reply(state) -> str:  # noqa: ANN001 - a RecipientState
+    if state.reply_code is None and not state.reply_text:
+        return ""
+    code = f"{state.reply_code} " if state.reply_code is not None else ""
+    text = state.reply_text or ""
+    if state.enhanced_code and not text.startswith(state.enhanced_code):
+        code += f"{state.enhanced_code} "
+    return code + text
+
+
+def _queue_line(entry, now) -> str:  # noqa: ANN001 - a QueueEntry, a datetime
+    m = entry.message
+    parts = []
+    for r in entry.recipients:
+        detail = [r.status.value]
+        if r.attempts:
+            detail.append(f"{r.attempts} attempt{'s' if r.attempts != 1 else ''}")
+        if not r.status.final:
+            if r.lease_owner and r.lease_until and r.lease_until > now:
+                detail.append("being delivered")
+            elif r.next_attempt > now:
+                detail.append(f"next in {_age(r.next_attempt - now)}")
+            else:
+                detail.append("due now")
+        reply = _first_line(_reply(r))
+        parts.append(f"<{r.recipient.address}> ({', '.join(detail)}{': ' + reply if reply else ''})")
+    return (f"{m.queue_id}\t{_age(now - m.created_at)}\t<{m.sender}>\t{m.size}\t"
+            + ", ".join(parts))
+
+
+def cmd_queue(config: Config, args: argparse.Namespace) -> int:
+    """`pymail queue list | show ID | retry [ID] | delete ID | flush`."""
+    from pymail.delivery.pipeline import now_utc
+
+    async def action(store: Store) -> int:
+        queue = store.queue
+        if queue is None:
+            raise UserError(f"the index {config.index_url} keeps no outbound queue")
+        now = now_utc()
+        if args.action == "list":
+            entries = await queue.list_entries(include_final=True, limit=args.limit)
+            if not entries:
+                print("the queue is empty")
+                return 0
+            print("QUEUE ID\tAGE\tSENDER\tSIZE\tRECIPIENTS (status: last reply)")
+            for entry in entries:
+                print(_queue_line(entry, now))
+            stats = await queue.stats()
+            oldest = f", oldest {_age(now - stats.oldest)}" if stats.oldest else ""
+            print(f"-- {stats.messages} message(s), {stats.recipients_queued} recipient(s) "
+                  f"waiting{oldest}")
+        elif args.action == "show":
+            entry = await queue.get(args.id)
+            if entry is None:
+                raise NotFound(f"no queued message {args.id}")
+            m = entry.message
+            print(f"queue id:   {m.queue_id}")
+            print(f"sender:     <{m.sender}>")
+            print(f"origin:     {m.origin}" + (f" (user {m.auth_user})" if m.auth_user else ""))
+            print(f"queued:     {m.created_at:%Y-%m-%dT%H:%M:%SZ} ({_age(now - m.created_at)} ago)")
+            print(f"expires:    {m.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+            print(f"size:       {m.size} (blob {m.blob_key})")
+            print(f"envelope:   BODY={m.body} SMTPUTF8={'yes' if m.smtputf8 else 'no'} "
+                  f"REQUIRETLS={'yes' if m.requiretls else 'no'} RET={m.ret or '-'} "
+                  f"ENVID={m.envid or '-'}")
+            for r in entry.recipients:
+                q = r.recipient
+                print(f"recipient:  <{q.address}>")
+                print(f"  status:       {r.status.value}, {r.attempts} attempt(s)")
+                print(f"  route:        {q.route} (domain {q.domain})")
+                print(f"  dsn:          NOTIFY={','.join(sorted(q.notify)) or 'default'} "
+                      f"ORCPT={q.orcpt or '-'}")
+                if not r.status.final:
+                    print(f"  next attempt: {r.next_attempt:%Y-%m-%dT%H:%M:%SZ}")
+                if r.last_attempt:
+                    print(f"  last attempt: {r.last_attempt:%Y-%m-%dT%H:%M:%SZ}")
+                if r.lease_owner:
+                    print(f"  leased to:    {r.lease_owner} until {r.lease_until:%Y-%m-%dT%H:%M:%SZ}")
+                if r.remote_host:
+                    print(f"  remote host:  {r.remote_host}")
+                reply = _reply(r)
+                if reply:
+                    lines = reply.splitlines() or [""]
+                    print(f"  last reply:   {lines[0]}")
+                    for line in lines[1:]:
+                        print(f"                {line}")
+        elif args.action in ("retry", "flush"):
+            queue_id = getattr(args, "id", None)
+            if queue_id is not None and await queue.get(queue_id) is None:
+                raise NotFound(f"no queued message {queue_id}")
+            count = await queue.retry(queue_id, now)
+            print(f"{count} recipient(s) due now (delivered at the queue's next run)")
+        elif args.action == "delete":
+            if not await queue.delete(args.id):
+                raise NotFound(f"no queued message {args.id}")
+            print(f"message {args.id} deleted from the queue (no bounce is sent)")
+        return 0
+
+    return asyncio.run(_with_store(config, action))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -356,6 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     b_sub = ban.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     b_sub.add_parser("list", help="list active bans")
     b_sub.add_parser("remove", help="lift the ban of an address (and forget its failures)").add_argument("ip")
+    queue = command("queue", "the outbound queue: mail waiting for other servers", cmd_queue)
+    q_sub = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    q_list = q_sub.add_parser("list", help="one line per queued message: id, age, sender, size, "
+                              "recipients with their status and last reply")
+    q_list.add_argument("--limit", type=int, default=1000, help="at most this many (oldest first)")
+    q_sub.add_parser("show", help="one message: every recipient's state and the remote "
+                     "server's full reply").add_argument("id", metavar="ID")
+    q_sub.add_parser("retry", help="make the waiting recipients of one message (or of all) due "
+                     "now").add_argument("id", metavar="ID", nargs="?")
+    q_sub.add_parser("delete", help="remove a message from the queue without a bounce"
+                     ).add_argument("id", metavar="ID")
+    q_sub.add_parser("flush", help="make every waiting recipient due now (Postfix's postqueue -f)")
     store = command("store", "message storage maintenance", cmd_store)
     s_sub = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     s_gc = s_sub.add_parser("gc", help="delete blobs no message refers to (orphans)")

@@ -641,7 +641,8 @@ class DeliveryConfig(_Section):
         default=None,
         description="Send all outbound mail through this smarthost, \"host:port\" (e.g. "
         "your ISP's \"smtp.isp.example:587\" when port 25 is blocked), instead of to each "
-        "domain's MX. Unset: direct delivery.",
+        "domain's MX. A domain whose domains.transport names its own next hop "
+        "(smtp:[host]:port) still goes there, as in Postfix. Unset: direct delivery.",
     )
     relay_tls: str = Field(
         default="starttls",
@@ -715,7 +716,9 @@ class DeliveryConfig(_Section):
     srs_secret_file: Path | None = Field(
         default=None,
         description="Secret for SRS, the sender rewriting of mail forwarded to other domains "
-        "(so SPF passes at the next hop). Unset: made under data_dir on first use.",
+        "(so SPF passes at the next hop): the first line is the secret, later lines older "
+        "secrets still accepted for bounces (rotation); several nodes must share one file. "
+        "Unset: made under data_dir (srs.secret, mode 0600) on first use.",
     )
 
     @field_validator("relay_host")

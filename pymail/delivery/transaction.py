@@ -59,6 +59,7 @@ class Transaction:
     requiretls: bool = False  #: RFC 8689 REQUIRETLS
     smtputf8: bool = False  #: RFC 6531 SMTPUTF8
     body: str = "7BIT"  #: RFC 6152 BODY: 7BIT or 8BITMIME
+    size: int = 0  #: RFC 1870 SIZE= the client declared at MAIL (0: none); quota checks
     #: trace header fields delivery adds before the content (Return-Path, Received, and
     #: later Authentication-Results); the MX writes them into the spool first, so they are
     #: part of `message` there.

@@ -5,7 +5,8 @@
   (``storage.min_free_space``), else 503 with one line naming what failed
   (``degraded: disk full: ...`` while new mail is refused for want of space).
   For load balancers and systemd watchdogs; it reveals nothing but the failing part.
-* `GET /metrics`: Prometheus text exposition of `pymail.metrics`.
+* `GET /metrics`: Prometheus text exposition of `pymail.metrics` (the outbound queue's
+  depth and oldest age read from the index at most every few seconds).
 
 Listen on loopback or a monitoring network only (`[listen] http`): neither endpoint
 authenticates.  Other paths are 404.
@@ -14,6 +15,7 @@ authenticates.  Other paths are 404.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 
 from aiohttp import web
@@ -49,6 +51,13 @@ class HttpService:
         return web.Response(text="ok\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.store.queue is not None:  # the queue's depth and age, read now (cached)
+            try:
+                await asyncio.wait_for(metrics.refresh_queue(
+                    self.store.queue, now=asyncio.get_running_loop().time(),
+                    wall=datetime.datetime.now(datetime.timezone.utc)), HEALTH_TIMEOUT)
+            except (StorageError, asyncio.TimeoutError) as e:
+                log.warning("metrics: cannot read the queue: %s", e or "timed out")
         body, content_type = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

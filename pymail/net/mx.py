@@ -1,16 +1,28 @@
-"""The MX's policy and delivery: aiosmtpd handler hooks for who may receive mail here
-(nobody relays through the MX), the trace headers, and the delivery behind the ``250``.
+"""The MX's policy and delivery: aiosmtpd handler hooks that build a delivery
+`Transaction` at MAIL and RCPT and hand it to the `Pipeline` (pymail.delivery.pipeline)
+after DATA.
 
-* **Recipients** are parsed by `pymail.mail.address` and routed by the `Router`; the
+* **Recipients** are parsed by `pymail.mail.address` and routed by `Pipeline.route`; the
   bare ``<Postmaster>`` (no domain, any case) is accepted as RFC 5321 section 4.5.1
   requires and routed as ``server.postmaster`` (`ServerConfig.postmaster_address`).
+  Nobody relays through the MX (``554 5.7.1``): a recipient is accepted when it routes to
+  local mailboxes, to an alias's destinations outside (queued, sender SRS-rewritten), to
+  a domain we relay for (``domains.transport``), or back through one of our SRS
+  addresses.  Source routes, address literals and %/!/@ in local parts are refused as
+  relay attempts before routing.
+* **DSN** (RFC 3461) and **REQUIRETLS** (RFC 8689, on a TLS session) are advertised;
+  their parameters (RET, ENVID at MAIL; NOTIFY, ORCPT at RCPT) are validated (``501``
+  for bad ones) and stored with the queued copies.
 * **Trace headers** (Return-Path, Received; pymail.mail.trace) are made when DATA starts,
-  so the content can be hashed and spooled with them as it arrives.
-* **Delivery**: ``250`` only after `LocalDeliverer` made the message durable for every
-  accepted recipient; a storage failure is ``451 4.3.0`` (``452 4.3.1`` when the
-  spool's or the blobs' file system is full: ENOSPC), never a silent accept
+  so the content can be hashed and spooled with them as it arrives.  Return-Path only when
+  a recipient is local (RFC 5321 section 4.4: final delivery adds it; a relay does not).
+* **Delivery**: ``250`` only after `Pipeline.deliver` made the message durable for every
+  accepted recipient, local copies and queue entries in one index transaction; a storage
+  failure is ``451 4.3.0`` for the whole transaction (``452 4.3.1`` when the spool's or
+  the blobs' file system is full: ENOSPC), never a silent accept or half a delivery
   (docs/architecture.md, "The durability rule").  The delivery runs in a task of its
-  own, shielded: a client that hangs up does not interrupt a store half-way.  The spool file, if any, is removed when it ends.
+  own, shielded: a client that hangs up does not interrupt a store half-way.  The spool
+  file, if any, is removed when it ends.
 
 Each transaction and each refused recipient logs one line (``rip=``, ``helo=``,
 ``from=``, ``to=``, ``reply=``); no client input reaches a log line unsanitised.
@@ -22,20 +34,27 @@ import asyncio
 import datetime as _dt
 import logging
 import re
-import secrets
 import time
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import Envelope, Session
 
 from pymail import metrics
-from pymail.delivery.local import LocalDeliverer
-from pymail.delivery.router import RecipientStatus, Router
+from pymail.delivery.pipeline import Pipeline, new_queue_id
 from pymail.delivery.spool import MessageContent
+from pymail.delivery.transaction import (
+    ClientFacts,
+    LocalTarget,
+    Recipient,
+    Rejection,
+    RemoteTarget,
+    Transaction,
+)
 from pymail.mail import trace
 from pymail.mail.address import AddressError, Mailbox, parse_mailbox, split_route
+from pymail.proto.smtp.params import ParameterError, mail_parameters, rcpt_parameters
 from pymail.proto.smtp.replies import Reply
-from pymail.store.interfaces import DeliveryTarget, StorageError, User, is_no_space
+from pymail.store.interfaces import StorageError, is_no_space
 from pymail.store.space import FreeSpace
 
 if TYPE_CHECKING:
@@ -48,15 +67,15 @@ log = logging.getLogger("pymail.smtp")
 #: RFC 5321 section 4.5.1: "<Postmaster>" without a domain, case-insensitive.
 POSTMASTER = "postmaster"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Octets RFC 3461 section 4 (RET, ENVID: 100; NOTIFY, ORCPT: 500) and RFC 8689
+#: (" REQUIRETLS") add to the MAIL and RCPT command lines, beyond SIZE and SMTPUTF8.
+MAIL_EXTRA = 26 + 10 + 100 + 11
+RCPT_EXTRA = 500
 
 
 def _safe(text: object) -> str:
     """Client-supplied text made safe for one log line."""
     return _CONTROL.sub("?", str(text))
-
-
-def new_queue_id() -> str:
-    return secrets.token_hex(5).upper()
 
 
 def _declared_size(mail_options: list[str]) -> int:
@@ -67,6 +86,14 @@ def _declared_size(mail_options: list[str]) -> int:
     return 0
 
 
+def _body(mail_options: list[str]) -> str:
+    """RFC 6152 BODY= (7BIT unless 8BITMIME was declared; aiosmtpd checked the value)."""
+    for option in mail_options:
+        if option.upper() == "BODY=8BITMIME":
+            return "8BITMIME"
+    return "7BIT"
+
+
 class PymailEnvelope(Envelope):
     """aiosmtpd's envelope plus what pymail decides during the transaction."""
 
@@ -74,23 +101,28 @@ class PymailEnvelope(Envelope):
         super().__init__()
         self.queue_id: str = ""
         self.sender: str = ""  #: canonical reverse-path, "" for the null sender
-        #: user id → target, one per mailbox owner, whichever RCPT reached them first
-        self.targets: dict[int, DeliveryTarget] = {}
+        #: the delivery transaction, made at MAIL; its recipients are the accepted RCPTs
+        self.txn: Transaction | None = None
+        #: what the accepted recipients route to (local mailboxes, queue entries)
+        self.targets: list[LocalTarget | RemoteTarget] = []
         self.recipients: list[str] = []  #: canonical accepted RCPT addresses
         self.received_at: _dt.datetime | None = None  #: when DATA started (Received, INTERNALDATE)
         self.message: MessageContent | None = None  #: the content, once received
 
+    @property
+    def has_local(self) -> bool:
+        return any(isinstance(t, LocalTarget) for t in self.targets)
+
 
 class MxHandler:
-    """Policy and delivery for the MX service (aiosmtpd handler hooks).
+    """Policy for the MX service (aiosmtpd handler hooks); delivery is the pipeline's.
 
-    Nobody relays through the MX: every recipient must route to a local mailbox."""
+    Nobody relays through the MX: see the module docstring."""
 
     def __init__(
         self,
         *,
-        router: Router,
-        deliverer: LocalDeliverer,
+        pipeline: Pipeline,
         hostname: str,
         max_recipients: int,
         postmaster: str,
@@ -100,12 +132,15 @@ class MxHandler:
         self.service = service  #: the [listen] name, a metrics label
         #: free space of the local file systems; below the minimum MAIL gets 452 4.3.1
         self.space = space
-        self.router = router
-        self.deliverer = deliverer
+        self.pipeline = pipeline
         self.hostname = hostname
         self.max_recipients = max_recipients
         self.postmaster = postmaster  #: where <Postmaster> goes (server.postmaster)
         self.deliveries_in_flight: set[asyncio.Future[str]] = set()
+
+    @property
+    def router(self):  # noqa: ANN201 - the pipeline's (submission asks it about senders)
+        return self.pipeline.router
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -132,17 +167,37 @@ class MxHandler:
         parts.append(f'reply="{reply}"')
         log.info(" ".join(parts))
 
+    def _client_facts(self, session: Session) -> ClientFacts:
+        return ClientFacts(service=self.service, ip=self._client_ip(session),
+                           helo=session.host_name or "", tls=self._tls_text(session),
+                           user=None)
+
+    @staticmethod
+    def _tls_text(session: Session) -> str | None:
+        ssl = session.ssl
+        if ssl is None:
+            return None
+        obj = ssl.get("ssl_object") if isinstance(ssl, dict) else None
+        if obj is None:
+            return "TLS"
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0]}" if cipher else str(obj.version())
+
     def trace_headers(self, session: Session, envelope: PymailEnvelope) -> bytes:
-        """Return-Path and Received for the message DATA is about to receive (RFC 5321
-        section 4.4); notes the time in ``envelope.received_at``."""
+        """Return-Path (when a recipient is local) and Received for the message DATA is
+        about to receive (RFC 5321 section 4.4); notes the time in
+        ``envelope.received_at`` and the transaction's."""
         now = envelope.received_at = _dt.datetime.now(_dt.timezone.utc)
+        if envelope.txn is not None:
+            envelope.txn.received_at = now
         protocol = trace.protocol_keyword(
             esmtp=session.extended_smtp,
             tls=session.ssl is not None,
             authenticated=bool(session.authenticated),
             smtputf8=envelope.smtp_utf8,
         )
-        return trace.return_path(envelope.sender) + trace.received(
+        return_path = trace.return_path(envelope.sender) if envelope.has_local else b""
+        return return_path + trace.received(
             helo=session.host_name or "",
             client_ip=self._client_ip(session),
             client_name=None,
@@ -162,8 +217,14 @@ class MxHandler:
         session.host_name = hostname
         # A service without SASL mechanisms (the MX) advertises no AUTH at all.
         responses = [r for r in responses if r.rstrip() != "250-AUTH"]
-        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES; "250 HELP" stays last.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        server.command_size_limits["MAIL"] = server.command_size_limit + MAIL_EXTRA
+        server.command_size_limits["RCPT"] = server.command_size_limit + RCPT_EXTRA
+        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3461 DSN, RFC 8689
+        # REQUIRETLS (only over TLS); "250 HELP" stays last.
+        extensions = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
+        if session.ssl is not None:
+            extensions.append("250-REQUIRETLS")
+        return [*responses[:-1], *extensions, responses[-1]]
 
     async def handle_MAIL(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str,
@@ -183,7 +244,17 @@ class MxHandler:
             if not mailbox.address.isascii() and not envelope.smtp_utf8:
                 return Reply.NEED_SMTPUTF8
             sender = mailbox.address
-        if self.space is not None and not self.space.room_for(_declared_size(mail_options)):
+        try:
+            found = server.extension_params
+            if isinstance(found, ParameterError):
+                raise found
+            params = mail_parameters(found, tls=session.ssl is not None)
+        except ParameterError as e:
+            log.info("NOQUEUE: reject rip=%s from=<%s> reason=mail_parameters reply=%r",
+                     self._client_ip(session), _safe(sender), e.reply)
+            return e.reply
+        declared = _declared_size(mail_options)
+        if self.space is not None and not self.space.room_for(declared):
             # Postfix's queue_minfree: refuse now, while the client still holds the
             # message, rather than fail the DATA it would send (RFC 1870 section 6.2).
             log.info("NOQUEUE: reject rip=%s from=<%s> reason=disk_full(%s) reply=%r",
@@ -194,30 +265,44 @@ class MxHandler:
         envelope.sender = sender
         envelope.mail_options.extend(mail_options)
         envelope.queue_id = new_queue_id()
+        envelope.txn = Transaction(
+            queue_id=envelope.queue_id, sender=sender, recipients=[],
+            client=self._client_facts(session), received_at=_dt.datetime.now(_dt.timezone.utc),
+            envid=params.envid, ret=params.ret, requiretls=params.requiretls,
+            smtputf8=bool(envelope.smtp_utf8), body=_body(mail_options), size=declared,
+        )
         return Reply.SENDER_OK
 
     async def handle_RCPT(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        reply, reason, canonical, users = await self._route(session, envelope, address)
-        if users is None:
+        reply, reason, canonical, targets = await self._route(server, session, envelope, address)
+        if targets is None:
             self._log(envelope, session, "reject", reply, to=f"<{canonical}>", extra=f"reason={reason}")
             metrics.SMTP_RECIPIENTS_REFUSED.labels(self.service, reason.split("(", 1)[0]).inc()
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.recipients.append(canonical)
-        for user_id in users:
-            envelope.targets.setdefault(user_id, DeliveryTarget(user_id=user_id))
+        envelope.targets.extend(targets)
         return Reply.RECIPIENT_OK
 
     async def _route(
-        self, session: Session, envelope: PymailEnvelope, address: str
-    ) -> tuple[str, str, str, list[int] | None]:
-        """(reply, reason for the log, address as logged, user ids or None if refused)."""
+        self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str
+    ) -> tuple[str, str, str, list[LocalTarget | RemoteTarget] | None]:
+        """(reply, reason for the log, address as logged, targets or None if refused)."""
+        txn = envelope.txn
+        assert txn is not None
         if len(envelope.recipients) >= self.max_recipients:
             return Reply.TOO_MANY_RECIPIENTS, "recipient_limit", address, None
+        found = server.extension_params
+        try:
+            if isinstance(found, ParameterError):
+                raise found
+            params = rcpt_parameters(found)
+        except ParameterError as e:
+            return e.reply, "rcpt_parameters", address, None
         route, mailbox_text = split_route(address)
         if route:
             # A source route asks us to forward: refuse it like any relay attempt.
@@ -239,44 +324,16 @@ class MxHandler:
         # make a classic server forward the mail: refuse it as a relay attempt.
         if any(c in mailbox.local_part for c in "%!@"):
             return Reply.RELAY_DENIED, "sender_routing", canonical, None
+        recipient = Recipient(canonical, orcpt=params.orcpt, notify=params.notify)
         try:
-            resolution = await self.router.resolve(canonical)
+            routed = await self.pipeline.route(txn, recipient)
         except StorageError as e:
             metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
             return Reply.TEMPFAIL, f"storage({e})", canonical, None
-        status = resolution.status
-        if status is RecipientStatus.LOCAL:
-            try:
-                full = await self._over_quota(resolution.users, envelope)
-            except StorageError as e:
-                metrics.STORAGE_ERRORS.labels("recipient_lookup").inc()
-                return Reply.TEMPFAIL, f"storage({e})", canonical, None
-            if full is not None:
-                return Reply.MAILBOX_FULL, f"over_quota(user=<{_safe(full.address)}>)", canonical, None
-            return Reply.RECIPIENT_OK, "", canonical, [u.id for u in resolution.users]
-        if status is RecipientStatus.NOT_LOCAL:
-            # The MX never relays; authenticated submission is another service.
-            return Reply.RELAY_DENIED, "relay", canonical, None
-        reply = {
-            RecipientStatus.UNKNOWN_USER: Reply.UNKNOWN_USER,
-            RecipientStatus.USER_DISABLED: Reply.USER_DISABLED,
-            RecipientStatus.DOMAIN_DISABLED: Reply.DOMAIN_DISABLED,
-            RecipientStatus.LOOP: Reply.ALIAS_LOOP,
-            RecipientStatus.FORWARD_UNAVAILABLE: Reply.FORWARD_UNAVAILABLE,
-        }[status]
-        return reply, status.value + (f"({resolution.detail})" if resolution.detail else ""), canonical, None
-
-    async def _over_quota(self, users: list[User], envelope: PymailEnvelope) -> User | None:
-        """The first of `users` whose quota (``virtual_users.quota``, 0 = none) this
-        message would exceed: what the user keeps now plus the size the client declared
-        with MAIL SIZE= (RFC 1870; 0 when it did not).  The whole recipient is refused
-        then (``452 4.2.2``, temporary: the sender retries once the user made room), an
-        alias included, rather than silently leaving one member's copy out."""
-        declared = _declared_size(envelope.mail_options)
-        for user in users:
-            if user.quota and await self.deliverer.index.storage_used(user.id) + declared > user.quota:
-                return user
-        return None
+        if isinstance(routed, Rejection):
+            return routed.reply, _safe(routed.reason), canonical, None
+        txn.recipients.append(recipient)
+        return Reply.RECIPIENT_OK, "", canonical, routed
 
     async def handle_DATA_REFUSED(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, reply: str,
@@ -306,10 +363,11 @@ class MxHandler:
 
     async def _store(self, session: Session, envelope: PymailEnvelope, message: MessageContent) -> str:
         started = time.perf_counter()
+        txn = envelope.txn
+        assert txn is not None
+        txn.message = message
         try:
-            result = await self.deliverer.deliver(
-                message, list(envelope.targets.values()), internal_date=envelope.received_at
-            )
+            result = await self.pipeline.deliver(txn, envelope.targets)
         except StorageError as e:
             reply = Reply.NO_SPACE if is_no_space(e) else Reply.TEMPFAIL
             self._log(envelope, session, "tempfail", reply, size=message.size,
@@ -323,12 +381,19 @@ class MxHandler:
                       extra="reason=internal_error")
             metrics.SMTP_TRANSACTIONS.labels(self.service, "tempfail").inc()
             return Reply.TEMPFAIL
+        finally:
+            txn.message = None
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
         metrics.MESSAGE_BYTES.inc(message.size)
         metrics.SMTP_TRANSACTIONS.labels(self.service, "accepted").inc()
         reply = Reply.QUEUED.format(queue_id=envelope.queue_id)
-        self._log(envelope, session, "accepted", reply, size=message.size,
-                  extra=f"mailboxes={len(result.stored)} blob={result.blob_key[:16]}")
+        extra = f"mailboxes={len(result.stored)}"
+        if result.blob_key:
+            extra += f" blob={result.blob_key[:16]}"
+        if result.queued:
+            queued = sum(len(m.recipients) for m in result.queued)
+            extra += f" queued={queued}" + (" signed" if result.signed else "")
+        self._log(envelope, session, "accepted", reply, size=message.size, extra=extra)
         return reply
 
     async def handle_exception(self, error: Exception) -> str:

@@ -31,6 +31,10 @@ protocol adds:
   2xx/4xx/5xx reply after the greeting carries an RFC 3463 code (`push`).
 * **Addresses** are parsed by `pymail.mail.address` (strict RFC 5321/6531), not by the
   RFC 5322 header parser aiosmtpd uses; source routes are kept so RCPT can refuse them.
+  The DSN (RFC 3461) and REQUIRETLS (RFC 8689) parameters are taken out of MAIL and RCPT
+  before aiosmtpd sees them (it would refuse them and upper-case their xtext) and left
+  to the handler in ``extension_params`` (pymail.proto.smtp.params); the command line
+  limits grow by what RFC 3461 section 4 and RFC 8689 allow for them, per connection.
 * **The client** is the socket's peer, or the source of the PROXY header a trusted load
   balancer sent (`pymail.net.proxy`).  Before the greeting the client's address must be
   under ``limits.connections_per_ip`` (`pymail.net.limits`, ``421 4.7.0``) and pass the
@@ -47,6 +51,7 @@ client that disconnects during delivery does not interrupt the store (it is shie
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -63,6 +68,7 @@ from pymail.net.mx import MxHandler, PymailEnvelope
 from pymail.net.proxy import ClientAddress, ProxyListener, TrustedProxies, start_listener
 from pymail.net.smtp_deadlines import ClientDeadlines
 from pymail.proto.smtp.data import TERMINATOR, DataDecoder, Refusal
+from pymail.proto.smtp.params import ParameterError, split_extensions
 from pymail.proto.smtp.replies import Reply, with_enhanced_code
 
 __all__ = ["PymailSMTP", "SmtpService"]
@@ -113,7 +119,8 @@ class PymailSMTP(SMTP):
     # * private attribute replaced: _tls_protocol (a property: implicit TLS counts);
     # * private attributes read or set: _timeout_handle (set to the ClientDeadlines,
     #   which aiosmtpd's connection_lost cancels), _timeout_duration (smtp_timeout),
-    #   _reader (DATA content, AUTH answers);
+    #   _reader (DATA content, AUTH answers), command_size_limits (a class attribute in
+    #   aiosmtpd, replaced by one per connection);
     # * private methods called: _call_handler_hook, _set_post_data_state;
     # * public methods overridden: push, handle_exception, connection_made,
     #   connection_lost, data_received, smtp_EHLO, smtp_HELO, smtp_STARTTLS, smtp_QUIT,
@@ -156,6 +163,13 @@ class PymailSMTP(SMTP):
         self._tls_started = False  #: STARTTLS succeeded on this connection
         self._closed_by_server = False  #: pymail ended it (QUIT, timeout, refusal, stop)
         self._end_logged = False  #: the connection's end has its log line already
+        # aiosmtpd keeps these limits in one dict shared by every connection (a class
+        # attribute it clears per connection and grows per EHLO): this one is ours.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        #: The RFC 3461 / RFC 8689 parameters of the MAIL or RCPT being handled, taken
+        #: out of the raw text before aiosmtpd upper-cases it (`_getaddr`), or the
+        #: refusal they earned; the handler reads them (pymail.proto.smtp.params).
+        self.extension_params: dict[str, str | None] | ParameterError = {}
 
     # aiosmtpd knows TLS only as STARTTLS: it asks ``self._tls_protocol`` whether the
     # session is encrypted (to offer AUTH, to accept it, to skip "530 Must issue a
@@ -335,12 +349,20 @@ class PymailSMTP(SMTP):
         """Split a MAIL/RCPT argument into (path, parameters) with pymail's parser.
 
         The null reverse-path comes back as "<>" (aiosmtpd treats "" as missing)."""
+        self.extension_params = {}
         if not arg:
             return "", ""
         try:
             path, rest = split_path(arg)
         except AddressError:
             return None, None
+        if rest and self.session is not None and self.session.extended_smtp:
+            # DSN and REQUIRETLS parameters keep their case (xtext) and are the
+            # handler's; aiosmtpd checks the rest (SIZE, BODY, SMTPUTF8)
+            try:
+                rest, self.extension_params = split_extensions(rest)
+            except ParameterError as e:
+                rest, self.extension_params = "", e
         return (path or "<>"), rest
 
     @syntax("DATA")

@@ -22,9 +22,12 @@ The rules, in the order a session meets them:
   routes to the user (an alias pointing at them); anything else is ``553 5.7.1``, like
   Postfix's ``reject_sender_login_mismatch``.  The null sender is allowed (bounces).
 * **Recipients.** Local recipients are routed exactly as on the MX (unknown user
-  ``550 5.1.1`` ...).  Remote recipients are what submission is for, but pymail has no
-  outbound queue yet: they get ``451 4.3.2``, a temporary refusal, so the client keeps the
-  message and nothing is lost or silently dropped.
+  ``550 5.1.1`` ...).  Remote recipients are what submission is for: the pipeline
+  queues them (pymail.delivery.pipeline; the transaction carries the authenticated user,
+  so it may relay), and the outbound copy is DKIM-signed when the header From is in the
+  user's or the envelope sender's domain and that domain has a key.  A ``250`` for
+  local and remote recipients means the mailbox copies and the queue entry are durable
+  together.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ import binascii
 import logging
 from typing import Any
 
+from dataclasses import replace
+
 from aiosmtpd.smtp import AuthResult, Session
 
 from pymail.auth.service import Authenticator
+from pymail.delivery.transaction import ClientFacts
 from pymail.net.mx import MxHandler, PymailEnvelope, _safe
 from pymail.net.smtp import PymailSMTP
 from pymail.store.interfaces import StorageError, User
@@ -57,7 +63,6 @@ class SubmissionReply:
     BAD_PLAIN = "501 5.5.2 Malformed SASL PLAIN response"
     CANCELLED = "501 5.7.0 Authentication cancelled"
     SENDER_NOT_OWNED = "553 5.7.1 Sender address rejected: not owned by the authenticated user"
-    OUTBOUND_UNAVAILABLE = "451 4.3.2 Delivery to remote domains is not available yet, try later"
 
 
 class SubmissionSMTP(PymailSMTP):
@@ -167,13 +172,16 @@ class SubmissionSMTP(PymailSMTP):
 
 
 class SubmissionHandler(MxHandler):
-    """Policy for authenticated submission: sender ownership, local delivery, and a
-    temporary refusal for remote recipients until the outbound queue exists."""
+    """Policy for authenticated submission: sender ownership; delivery and relaying
+    through the pipeline for the authenticated user."""
 
     @staticmethod
     def _user(session: Session) -> User | None:
         data = session.auth_data
         return data if isinstance(data, User) else None
+
+    def _client_facts(self, session: Session) -> ClientFacts:
+        return replace(super()._client_facts(session), user=self._user(session))
 
     async def handle_AUTH(self, server: SubmissionSMTP, session: Session, envelope: PymailEnvelope,
                           args: list[str]) -> str | None:
@@ -202,6 +210,7 @@ class SubmissionHandler(MxHandler):
             envelope.mail_from = None
             envelope.mail_options.clear()
             envelope.queue_id = ""
+            envelope.txn = None
             return SubmissionReply.SENDER_NOT_OWNED
         return reply
 
@@ -214,11 +223,4 @@ class SubmissionHandler(MxHandler):
         except StorageError:
             return False
         return any(u.id == user.id for u in resolution.users)
-
-    async def _route(self, session: Session, envelope: PymailEnvelope,
-                     address: str) -> tuple[str, str, str, list[int] | None]:
-        reply, reason, canonical, users = await super()._route(session, envelope, address)
-        if reason == "relay":  # a remote domain: submission's job, once there is a queue
-            return SubmissionReply.OUTBOUND_UNAVAILABLE, "outbound_unavailable", canonical, None
-        return reply, reason, canonical, users
 

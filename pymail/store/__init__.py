@@ -45,6 +45,7 @@ from pymail.store.interfaces import (
     Stored,
     User,
 )
+from pymail.store.queue import QueueStore
 
 __all__ = [
     "DEFAULT_MAILBOXES",
@@ -69,6 +70,7 @@ __all__ = [
     "MessageRecord",
     "NotFound",
     "PostgresSettings",
+    "QueueStore",
     "S3Settings",
     "StorageError",
     "Store",
@@ -126,6 +128,9 @@ class Store:
     #: Failed logins and bans in the same database (pymail.auth.ban); None for a backend
     #: without them.
     bans: BanStore | None = None
+    #: The outbound queue in the same database (`pymail.store.queue`); None for a
+    #: backend without one.
+    queue: QueueStore | None = None
     #: Free space of the local file systems this installation writes to (set by the
     #: daemon from the config, `pymail.store.space`); None: not watched.
     space: FreeSpace | None = None
@@ -199,18 +204,23 @@ def open_store(
 
         # a reserve beside the index, released when a write meets a full disk
         sqlite_db = SqliteDatabase(db_path, reserve=SpaceReserve(db_path.parent / RESERVE_NAME))
+        from pymail.store.sqlite.queue import SqliteQueueStore
+
         return Store(
             SqliteDirectory(sqlite_db), SqliteIndex(sqlite_db), blobs, sqlite_db,
-            SqliteBanStore(sqlite_db),
+            SqliteBanStore(sqlite_db), queue=SqliteQueueStore(sqlite_db),
         )
     if index_url.startswith(("postgresql://", "postgres://")):
         from pymail.store.postgres import PostgresDatabase, PostgresDirectory, PostgresIndex
 
         from pymail.store.postgres.bans import PostgresBanStore
 
+        from pymail.store.postgres.queue import PostgresQueueStore
+
         pg_db = PostgresDatabase(index_url, postgres or PostgresSettings())
         return Store(
-            PostgresDirectory(pg_db), PostgresIndex(pg_db), blobs, pg_db, PostgresBanStore(pg_db)
+            PostgresDirectory(pg_db), PostgresIndex(pg_db), blobs, pg_db, PostgresBanStore(pg_db),
+            queue=PostgresQueueStore(pg_db),
         )
     raise ValueError(
         f"unsupported index URL {index_url!r} (expected \"sqlite:///path\" or "

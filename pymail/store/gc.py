@@ -6,12 +6,13 @@ it is expunged.  The sweeper walks `BlobStore.entries()` and, for each blob last
 before `now - grace`:
 
 1. asks the index to forget it (`Index.forget_blob`: atomic, refuses while a message
-   row refers to it);
+   row or an outbound queue entry refers to it);
 2. only then deletes it with `BlobStore.delete_if_stale`, which re-checks the age at the
    moment of deleting, so a delivery that has just `put` the same bytes (renewing them)
    keeps its blob.
 
-Invariant: a blob that a committed message row refers to is never deleted; the grace
+Invariant: a blob that a committed message row or queue entry refers to is never
+deleted (a queued message's blob stays until the queue purges it); the grace
 period (default one hour) covers deliveries between their `put` and their commit.
 """
 

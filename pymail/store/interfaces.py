@@ -21,8 +21,9 @@ Invariants every backend keeps (the conformance suite in tests/conformance check
 * `BlobStore.put` returns only when the bytes are durable (file fsynced and renamed and the
   directory fsynced, or the S3 PUT acknowledged).  Putting the same bytes twice is harmless.
   `BlobFileStore.put_file` keeps the same promise for a file's bytes, in bounded memory.
-* `Index.deliver` is atomic: either every target mailbox got its row and the transaction is
-  durably committed, or nothing changed and a `StorageError` is raised.
+* `Index.deliver` is atomic: either every target mailbox got its row and every queued
+  message its queue rows (``Delivery.queued``) and the transaction is durably committed,
+  or nothing changed and a `StorageError` is raised.
 * UIDs in a mailbox are strictly ascending and never reused; UIDVALIDITY never changes for
   the life of a mailbox; every change to a mailbox raises its HIGHESTMODSEQ.
 * Addresses and domain names are stored and compared in lower case.
@@ -42,6 +43,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from pymail.store.queue import QueuedMessage
 
 #: The mailboxes every user has, with their RFC 6154 special-use attribute.  INBOX first.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -237,7 +240,12 @@ class DeliveryTarget:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One stored blob to be indexed into several mailboxes in one transaction."""
+    """One stored blob to be indexed into several mailboxes, and the outbound queue
+    entries of the same message, in one transaction.
+
+    A delivery may have no local `targets` (mail only for other domains): then
+    `blob_key`, `size` and `structure` are not stored (nothing refers to them), and
+    only the `queued` rows are written."""
 
     blob_key: str
     size: int
@@ -246,6 +254,9 @@ class Delivery:
     #: BODYSTRUCTURE with part offsets, stored once per blob.
     structure: str
     targets: Sequence[DeliveryTarget] = field(default_factory=tuple)
+    #: Messages for the outbound queue (`pymail.store.queue`), each with a blob of its
+    #: own already stored (it may be `blob_key` itself, or a signed copy).
+    queued: Sequence[QueuedMessage] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,14 +390,16 @@ class Index(Protocol):
         ...
 
     async def blob_referenced(self, blob_key: str) -> bool:
-        """Whether any message row refers to the blob (the orphan sweeper asks this)."""
+        """Whether any message row or outbound queue entry refers to the blob (the
+        orphan sweeper asks this)."""
         ...
 
     async def forget_blob(self, blob_key: str) -> bool:
-        """Drop the blob's stored structure if no message row refers to it, atomically.
+        """Drop the blob's stored structure if no message row and no queue entry refers
+        to it, atomically.
 
         True if the blob is now unknown to the index (it may be deleted from the
-        BlobStore); False if a message still refers to it."""
+        BlobStore); False if a message or a queued message still refers to it."""
         ...
 
 

@@ -1,11 +1,14 @@
-"""Recipient routing over a real (embedded) directory: aliases, catch-alls, loops."""
+"""Recipient routing over a real (embedded) directory: aliases, catch-alls, loops,
+forwards outside, and Postfix-style transports."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from pymail.delivery.router import MAX_DEPTH, RecipientStatus, Router
+import pytest
+
+from pymail.delivery.router import MAX_DEPTH, NextHop, RecipientStatus, Router, parse_transport
 from pymail.store import open_store
 
 
@@ -21,10 +24,12 @@ def scenario(tmp_path: Path, setup, checks) -> None:
                 await d.add_user(user, "{PLAIN}x")
             await setup(d)
             router = Router(d)
-            for address, status, users in checks:
+            for address, status, users, *forwards in checks:
                 result = await router.resolve(address)
                 assert result.status is status, (address, result)
                 assert sorted(u.address for u in result.users) == sorted(users), address
+                if forwards:
+                    assert [(f.address, f.nexthop) for f in result.forwards] == forwards[0], address
         finally:
             await store.close()
 
@@ -47,10 +52,10 @@ def test_users_domains_and_case(tmp_path: Path) -> None:
         ("alice@example.test", L.LOCAL, ["alice@example.test"]),
         ("ALICE@Example.TEST", L.LOCAL, ["alice@example.test"]),
         ("nobody@example.test", L.UNKNOWN_USER, []),
-        ("x@elsewhere.test", L.NOT_LOCAL, []),
+        ("x@elsewhere.test", L.REMOTE, []),
         ("zed@off.test", L.DOMAIN_DISABLED, []),
         ("gone@example.test", L.USER_DISABLED, []),
-        ("x@relay.test", L.FORWARD_UNAVAILABLE, []),
+        ("x@relay.test", L.RELAY_DOMAIN, []),
     ])
 
 
@@ -69,7 +74,7 @@ def test_aliases(tmp_path: Path) -> None:
         ("team@example.test", L.LOCAL, ["alice@example.test", "bob@example.test"]),
         ("sales@example.test", L.LOCAL, ["alice@example.test", "bob@example.test", "carl@other.test"]),
         ("alice@example.test", L.LOCAL, ["alice@example.test", "bob@example.test"]),
-        ("outside@example.test", L.FORWARD_UNAVAILABLE, []),
+        ("outside@example.test", L.LOCAL, [], [("someone@remote.example", NextHop("remote.example"))]),
         ("a@example.test", L.LOOP, []),
         ("alice@other.test", L.LOCAL, ["alice@example.test", "bob@example.test"]),  # via @example.test
         ("carl@other.test", L.LOCAL, ["carl@other.test"]),  # a real user wins over the catch-all
@@ -89,3 +94,40 @@ def test_deep_chain_is_cut(tmp_path: Path) -> None:
         ("hop0@example.test", L.LOOP, []),
         ("short0@example.test", L.LOCAL, ["alice@example.test"]),
     ])
+
+
+def test_forwards_and_transports(tmp_path: Path) -> None:
+    async def setup(d) -> None:
+        await d.add_domain("relay.test", transport="smtp:[10.0.0.1]:2525")
+        await d.add_domain("uucp.test", transport="uucp:somewhere")
+        await d.add_alias("mixed@example.test", ["alice@example.test", "x@remote.example",
+                                                 "y@relay.test", "x@remote.example"])
+        await d.add_alias("odd@example.test", ["z@uucp.test"])
+
+    scenario(tmp_path, setup, [
+        # local copies and forwards together; each forward once, in order
+        ("mixed@example.test", L.LOCAL, ["alice@example.test"],
+         [("x@remote.example", NextHop("remote.example")),
+          ("y@relay.test", NextHop("10.0.0.1", "smtp:10.0.0.1:2525"))]),
+        ("odd@example.test", L.UNSUPPORTED_TRANSPORT, []),
+        ("q@uucp.test", L.UNSUPPORTED_TRANSPORT, []),
+    ])
+
+
+@pytest.mark.parametrize(("transport", "nexthop"), [
+    ("smtp:[10.0.0.5]:2525", NextHop("10.0.0.5", "smtp:10.0.0.5:2525")),
+    ("smtp:[Mail.Example.NET]", NextHop("mail.example.net", "smtp:mail.example.net:25")),
+    ("relay:[10.0.0.5]:25", NextHop("10.0.0.5", "smtp:10.0.0.5:25")),
+    ("smtp:backup.example.net", NextHop("backup.example.net")),  # its MX
+    ("smtp:backup.example.net:587", NextHop("backup.example.net")),
+    ("smtp:", NextHop("d.test")),
+    ("SMTP:[10.0.0.5]:25", NextHop("10.0.0.5", "smtp:10.0.0.5:25")),
+    ("smtp:[10.0.0.5]:99999", None),
+    ("smtp:[10.0.0.5]x", None),
+    ("smtp:[10.0.0.5", None),
+    ("smtp:[10.0.0.5]:port", None),
+    ("error:no such domain", None),
+    ("lmtp:unix:/run/dovecot", None),
+])
+def test_parse_transport(transport: str, nexthop: NextHop | None) -> None:
+    assert parse_transport(transport, "d.test") == nexthop

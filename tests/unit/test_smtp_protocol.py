@@ -15,7 +15,7 @@ from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 
 
 def _handler(cls: type[MxHandler]) -> MxHandler:
-    return cls(router=None, deliverer=None, hostname="mx.example", max_recipients=10,  # type: ignore[arg-type]
+    return cls(pipeline=None, hostname="mx.example", max_recipients=10,  # type: ignore[arg-type]
                postmaster="postmaster@example.com")
 
 

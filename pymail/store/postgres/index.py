@@ -3,7 +3,9 @@
 The same behaviour as `SqliteIndex` (RFC 3501 section 2.3.1.1, RFC 7162 section 3.1; the
 conformance suite runs both):
 
-* `deliver` is one transaction: ``INSERT INTO message_blobs ... ON CONFLICT DO NOTHING``;
+* `deliver` is one transaction: the outbound queue's rows (``Delivery.queued``,
+  `pymail.store.postgres.queue.insert_queued`); ``INSERT INTO message_blobs ... ON
+  CONFLICT DO NOTHING``;
   each target's mailbox resolved (a user without it gets the default mailboxes, then
   INBOX is the fallback); per target one statement bumps the mailbox's UIDNEXT and
   HIGHESTMODSEQ (``UPDATE ... RETURNING``), inserts the `messages` row and announces the
@@ -20,9 +22,11 @@ conformance suite runs both):
 * UIDVALIDITY comes from one counter row: ``max(now in seconds, last + 1)`` (the same rule
   as SQLite); the default mailboxes created together share one value.
 * "INBOX" is case-insensitive and stored as "INBOX"; other names are stored as given.
-* `forget_blob` is one statement: the `message_blobs` row goes only if no message refers
-  to it; a delivery committing at the same moment makes it answer False (the foreign key
-  protects the row), never a dangling message.
+* `forget_blob` is one statement: the `message_blobs` row goes only if no message and no
+  queued message refers to it; a delivery committing at the same moment makes it answer
+  False (the foreign key protects the row), never a dangling message.  (A queue row has
+  no foreign key: an enqueue committing during a sweep is protected by the blob's age,
+  which its `put` renewed, `pymail.store.gc`.)
 
 Change feed (`watch`): every committed mailbox change is announced inside the changing
 transaction with ``pg_notify('pymail_mailbox', '<user_id> <mailbox_id> <uidnext>
@@ -56,6 +60,7 @@ from pymail.store.interfaces import (
     Stored,
 )
 from pymail.store.postgres.database import PostgresDatabase, describe_error, is_connection_error
+from pymail.store.postgres.queue import insert_queued
 from pymail.store.rules import (
     FLAG_MODES,
     aware,
@@ -172,9 +177,11 @@ WITH gone AS (
     DELETE FROM message_blobs
      WHERE blob_key = $1
        AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_key = $1)
+       AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_key = $1)
  RETURNING 1
 )
-SELECT NOT EXISTS (SELECT 1 FROM messages WHERE blob_key = $1)"""
+SELECT NOT EXISTS (SELECT 1 FROM messages WHERE blob_key = $1)
+   AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_key = $1)"""
 
 
 def _mailbox(row: asyncpg.Record) -> Mailbox:
@@ -323,12 +330,17 @@ class PostgresIndex:
         targets = [
             (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
         ]
-        if not targets:
+        queued = tuple(delivery.queued)
+        if not targets and not queued:
             return []
         user_ids = sorted({user_id for user_id, _, _ in targets})
         names = sorted({name for _, name, _ in targets} | {"INBOX"})
 
         async def tx(conn: asyncpg.Connection) -> list[Stored]:
+            # the outbound queue's rows: the same transaction as the mailboxes'
+            await insert_queued(conn, queued)
+            if not targets:
+                return []
             if len(targets) == 1:  # the common case: one statement
                 user_id, name, flags = targets[0]
                 try:
@@ -722,10 +734,12 @@ class PostgresIndex:
         )
 
     async def blob_referenced(self, blob_key: str) -> bool:
-        """Whether any message row refers to the blob (the orphan sweeper asks this)."""
+        """Whether any message row or queued message refers to the blob (the orphan
+        sweeper asks this)."""
         return bool(
             await self.db.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE blob_key = $1)", blob_key
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE blob_key = $1)"
+                " OR EXISTS (SELECT 1 FROM queue_messages WHERE blob_key = $1)", blob_key
             )
         )
 

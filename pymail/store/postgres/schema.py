@@ -9,6 +9,8 @@ Tables (the same as the SQLite backend's, in PostgreSQL types):
   `messages` (one row per message in a mailbox);
 * `auth_failures` and `auth_bans`: failed logins and banned client addresses
   (`PostgresBanStore`), shared by every node;
+* `queue_messages` and `queue_recipients`: the outbound queue (`PostgresQueueStore`,
+  pymail.store.queue), shared by every node;
 * `pymail_schema_migrations (version, applied_at)`: which steps below have been applied.
 
 Invariants:
@@ -222,10 +224,66 @@ _BANS = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 4
+
+#: The outbound queue (`PostgresQueueStore`, pymail.store.queue), shared by every node.
+#: `notify` is the comma-separated sorted set of RFC 3461 NOTIFY values ("" = default);
+#: `leased_at` is the `now` of the claim holding the lease (`release` goes back to it).
+#: The partial index serves `claim`: only QUEUED rows, by next attempt.
+_QUEUE = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS queue_messages (
+        id BIGSERIAL PRIMARY KEY,
+        queue_id TEXT NOT NULL UNIQUE,
+        blob_key TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sender TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        auth_user TEXT,
+        envid TEXT,
+        ret TEXT,
+        requiretls BOOLEAN NOT NULL DEFAULT FALSE,
+        smtputf8 BOOLEAN NOT NULL DEFAULT FALSE,
+        body TEXT NOT NULL DEFAULT '7BIT',
+        created_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_messages_blob_key ON queue_messages (blob_key)",
+    """
+    CREATE TABLE IF NOT EXISTS queue_recipients (
+        id BIGSERIAL PRIMARY KEY,
+        message_id BIGINT NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        route TEXT NOT NULL,
+        orcpt TEXT,
+        notify TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt TIMESTAMPTZ NOT NULL,
+        last_attempt TIMESTAMPTZ,
+        lease_owner TEXT,
+        lease_until TIMESTAMPTZ,
+        leased_at TIMESTAMPTZ,
+        reply_code INTEGER,
+        enhanced_code TEXT,
+        reply_text TEXT,
+        remote_host TEXT,
+        delay_notified BOOLEAN NOT NULL DEFAULT FALSE
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_message ON queue_recipients (message_id)",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (next_attempt)"
+    " WHERE status = 'queued'",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_owner ON queue_recipients (lease_owner)"
+    " WHERE lease_owner IS NOT NULL",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "auth: failed logins and bans", _BANS),
+    Migration(4, "queue: outbound messages and recipients", _QUEUE),
 )
 
 _MIGRATIONS_TABLE = """

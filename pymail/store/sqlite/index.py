@@ -2,9 +2,10 @@
 
 Invariants (RFC 3501 section 2.3.1.1, RFC 7162 section 3.1):
 
-* `deliver` is one write job, so one transaction: the `message_blobs` row (written once per
-  blob), and for each target the mailbox's UIDNEXT and HIGHESTMODSEQ bump and the
-  `messages` row.  Any failure, e.g. an unknown user, rolls all of it back.  Concurrent
+* `deliver` is one write job, so one transaction: the outbound queue's rows
+  (``Delivery.queued``, `pymail.store.sqlite.queue.insert_queued`), the `message_blobs`
+  row (written once per blob), and for each target the mailbox's UIDNEXT and
+  HIGHESTMODSEQ bump and the `messages` row.  Any failure, e.g. an unknown user, rolls all of it back.  Concurrent
   deliveries are serialised by the single writer, so UIDs are handed out strictly
   ascending, each once; they are committed together by group commit.
 * A message's UID is the mailbox's UIDNEXT at delivery and its MODSEQ the mailbox's new
@@ -15,8 +16,8 @@ Invariants (RFC 3501 section 2.3.1.1, RFC 7162 section 3.1):
   The default mailboxes created together share one value (distinct mailboxes may).
 * "INBOX" is case-insensitive (RFC 3501 section 5.1) and stored as "INBOX"; other names
   are stored as given.
-* `forget_blob` is one write job: the `message_blobs` row goes only if no message refers
-  to it (the single writer makes the check and the delete atomic).
+* `forget_blob` is one write job: the `message_blobs` row goes only if no message and no
+  queued message refers to it (the single writer makes the check and the delete atomic).
 
 Change feed (`watch`): several processes may share the file, so a change stream polls.
 Each delivery bumps the database-wide counter ``sequences.changes`` in its own
@@ -49,6 +50,7 @@ from pymail.store.interfaces import (
     Stored,
 )
 from pymail.store.rules import FLAG_MODES, check_rename, flags_to_text, mailbox_name, plan_flags, uid_set
+from pymail.store.sqlite.queue import insert_queued
 from pymail.store.sqlite.database import (
     SqliteDatabase,
     bool_from_db,
@@ -220,10 +222,15 @@ class SqliteIndex:
         targets = [
             (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
         ]
-        if not targets:
+        queued = tuple(delivery.queued)
+        if not targets and not queued:
             return []
 
         def job(conn: sqlite3.Connection) -> list[Stored]:
+            # the outbound queue's rows first: the same transaction as the mailboxes'
+            insert_queued(conn, queued)
+            if not targets:
+                return []
             conn.execute(
                 "INSERT OR IGNORE INTO message_blobs (blob_key, size, structure)"
                 " VALUES (?, ?, ?)",
@@ -601,21 +608,25 @@ class SqliteIndex:
         """Whether any message row refers to the blob (the orphan sweeper asks this)."""
 
         def query(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM messages WHERE blob_key = ? LIMIT 1", (blob_key,)
-            ).fetchone()
-            return row is not None
+            return self._referenced(conn, blob_key)
 
         return await self.db.read(query)
+
+    @staticmethod
+    def _referenced(conn: sqlite3.Connection, blob_key: str) -> bool:
+        """A message row or an outbound queue entry refers to the blob."""
+        return conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE blob_key = ?)"
+            " OR EXISTS (SELECT 1 FROM queue_messages WHERE blob_key = ?)",
+            (blob_key, blob_key),
+        ).fetchone()[0] == 1
 
     async def forget_blob(self, blob_key: str) -> bool:
         """Drop the blob's row if no message refers to it, atomically (one write job);
         True if the index no longer knows the blob, False if a message refers to it."""
 
         def job(conn: sqlite3.Connection) -> bool:
-            if conn.execute(
-                "SELECT 1 FROM messages WHERE blob_key = ? LIMIT 1", (blob_key,)
-            ).fetchone():
+            if self._referenced(conn, blob_key):
                 return False
             conn.execute("DELETE FROM message_blobs WHERE blob_key = ?", (blob_key,))
             return True

@@ -12,6 +12,8 @@ Tables:
   mirrored per mailbox in `mailboxes.change_seq`);
 * `auth_failures` and `auth_bans`: failed logins and banned client addresses
   (`SqliteBanStore`), so every process on the file shares them;
+* `queue_messages` and `queue_recipients`: the outbound queue (`SqliteQueueStore`,
+  pymail.store.queue), one row per queued message and one per recipient;
 * `schema_migrations`: which steps below have been applied.
 
 Invariants:
@@ -216,11 +218,66 @@ _BANS = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 5
+
+#: The outbound queue (`SqliteQueueStore`, pymail.store.queue).  Times are integer
+#: microseconds since the Unix epoch, UTC; `notify` is the comma-separated sorted set of
+#: RFC 3461 NOTIFY values ("" = the default); `leased_at` is the `now` of the claim that
+#: holds the lease (`release` makes the recipient due at that time).  A blob a queue row
+#: names is referenced (`blob_referenced`, `forget_blob`).
+_QUEUE = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS queue_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue_id TEXT NOT NULL UNIQUE,
+        blob_key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        auth_user TEXT,
+        envid TEXT,
+        ret TEXT,
+        requiretls BOOLEAN NOT NULL DEFAULT FALSE,
+        smtputf8 BOOLEAN NOT NULL DEFAULT FALSE,
+        body TEXT NOT NULL DEFAULT '7BIT',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_messages_blob_key ON queue_messages (blob_key)",
+    """
+    CREATE TABLE IF NOT EXISTS queue_recipients (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id INTEGER NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        route TEXT NOT NULL,
+        orcpt TEXT,
+        notify TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,
+        last_attempt INTEGER,
+        lease_owner TEXT,
+        lease_until INTEGER,
+        leased_at INTEGER,
+        reply_code INTEGER,
+        enhanced_code TEXT,
+        reply_text TEXT,
+        remote_host TEXT,
+        delay_notified BOOLEAN NOT NULL DEFAULT FALSE
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_message ON queue_recipients (message_id)",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (status, next_attempt)",
+    "CREATE INDEX IF NOT EXISTS queue_recipients_owner ON queue_recipients (lease_owner)",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "index: mailbox change counter for the change feed", _CHANGES),
     Migration(4, "auth: failed logins and bans", _BANS),
+    Migration(5, "queue: outbound messages and recipients", _QUEUE),
 )
 
 
