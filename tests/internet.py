@@ -30,6 +30,11 @@ internet_session  # noqa: F401``, as tests/e2e/outbound/conftest.py does), then
         result = internet.verify_delivered(raw)      # Rspamd's verdict
         assert result.has("R_DKIM_ALLOW", "R_SPF_ALLOW", "DMARC_POLICY_ALLOW")
 
+Addresses: 127.0.0.1 is pymail (and NSD, unbound, Rspamd on free ports), 127.0.0.2 the
+Postfix, 127.0.0.3 smtp-sink's default (`tests.services.postfix.SmtpSink`); 127.0.0.4 and
+up are free for a test's own servers (e.g. scriptable aiosmtpd MXes on port 25), published
+with ``internet.set_zone("faulty.test", "@ MX 10 mx\nmx A 127.0.0.4")``.
+
 `internet` is the session's `Internet`, put back after each test: zones, Postfix's
 settings and users, mailboxes and log, a stopped Postfix started again.
 ``internet.dns_config(validating=True)`` points pymail at unbound instead of NSD (DANE).
