@@ -479,7 +479,7 @@ class SmtpSink:
     def start(self) -> "SmtpSink":
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
         self._reader.start()
         atexit.register(self.stop)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -492,10 +492,11 @@ class SmtpSink:
         self.stop()
         raise PostfixServiceError(f"smtp-sink does not greet on {self.address}:{self.port}")
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for chunk in iter(lambda: self.proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-            self._counters = (self._counters + chunk.decode(errors="replace"))[-4096:]
+    def _read(self, stream) -> None:
+        """(A thread) keep the tail of smtp-sink's counters until it exits."""
+        with contextlib.suppress(OSError, ValueError):
+            for chunk in iter(lambda: stream.read1(4096), b""):
+                self._counters = (self._counters + chunk.decode(errors="replace"))[-4096:]
 
     def messages(self) -> int:
         """Messages received so far (the last ``-c`` counter: ``sess=N quit=N mesg=N``)."""
@@ -512,6 +513,8 @@ class SmtpSink:
         proc, self.proc = self.proc, None
         if proc is not None:
             _stop_group(proc)
+            if self._reader is not None:
+                self._reader.join(5)  # EOF once smtp-sink is gone
             if proc.stdout is not None:
                 proc.stdout.close()
         with contextlib.suppress(Exception):
