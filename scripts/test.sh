@@ -7,6 +7,13 @@
 # fails its test with the package to install instead of skipping it
 # (PYMAIL_TEST_STRICT=1, tests/pymail_harness.py `client_tool`).
 source "$(dirname "$0")/lib.sh"
+
+# postfix asks debconf for a mailer type when installed; "No configuration" leaves the
+# system instance unconfigured (the tests run their own, tests/services/postfix.py).
+postfix_preseed() {
+    dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "install ok installed" && return 0
+    printf 'postfix postfix/main_mailer_type select No configuration\n' | as_root debconf-set-selections
+}
 # Packages are installed without their Recommends (scripts/lib.sh), so a feature a test
 # uses that Debian ships in a Recommends or a separate package is named here on its own.
 # Audited for Debian 12 (apt-cache show NAME: Depends / Recommends):
@@ -30,7 +37,23 @@ source "$(dirname "$0")/lib.sh"
 # - nsd: the tests' own authoritative DNS server on a loopback port (tests/services/nsd.py),
 #   the only DNS any test asks; nsd-checkzone comes with it, no Recommends used.
 # - iproute2 (ip), util-linux (unshare, essential): the private network namespace below.
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2
+# - postfix: the real remote MX for remote.test (tests/services/postfix.py), a private
+#   instance from its own config directory, and smtp-sink for the outbound benchmark.
+#   Its Recommends (python3: only for postfix's own helper scripts; ca-certificates: only
+#   for verifying the certificates of servers it sends to) are not used: the instance
+#   only receives, its TLS certificate comes from the tests' private CA.  Its debconf
+#   question (the mailer type) is preseeded "No configuration", so installing it writes
+#   no /etc/postfix/main.cf and starts nothing (policy-rc.d, scripts/lib.sh).
+# - unbound: the validating resolver in front of NSD for the DANE tests
+#   (tests/services/unbound.py).  Its Recommends dns-root-data (root hints and the root
+#   trust anchor) is not used: our unbound knows no root and trusts only the test
+#   zones' own keys.  The zones are signed in Python (dnspython's dns.dnssec, already a
+#   dependency; tests/services/dnssec.py), so no signing package is needed.
+# - rspamd: the independent DKIM/SPF/DMARC verifier (tests/services/rspamd.py).  Its
+#   Recommends redis-server is not used: /checkv2 needs no Redis, and without one the
+#   greylist and ratelimit modules stay off, as deterministic tests want.
+postfix_preseed
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1

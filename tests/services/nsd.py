@@ -11,6 +11,10 @@ remote control, pid and logs in the service's own directory), one zone file per 
   not recursive), so nothing is ever looked up outside the tests' own data.
 * `set_zone()` rewrites a zone and restarts NSD on the same port (0.3-0.5 s).
 * `pause()` / `resume()`: SIGSTOP / SIGCONT, a nameserver that never answers (timeouts).
+* `signers` (origin -> `tests.services.dnssec.ZoneSigner`): those zones are served
+  DNSSEC-signed (RRSIG, NSEC, DNSKEY), signed again on each (re)start with the same key,
+  so `set_zone` keeps the trust anchor.  A validating resolver in front of NSD:
+  tests/services/unbound.py.
 * Ready = a real query for the first zone's SOA answers.
 
 Needs the Debian package ``nsd``; without it `NsdServiceError` says what to install.
@@ -28,10 +32,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.message
 import dns.query
 import dns.rcode
+
+if TYPE_CHECKING:
+    from tests.services.dnssec import ZoneSigner
 
 __all__ = ["NsdService", "NsdServiceError", "free_dns_port", "start_nsd_service"]
 
@@ -72,10 +80,12 @@ def _zone_text(origin: str, records: str) -> str:
 class NsdService:
     """One NSD process serving `zones` on 127.0.0.1:`port` (UDP and TCP)."""
 
-    def __init__(self, zones: dict[str, str], *, port: int | None = None) -> None:
+    def __init__(self, zones: dict[str, str], *, port: int | None = None,
+                 signers: "dict[str, ZoneSigner] | None" = None) -> None:
         if shutil.which("nsd") is None:
             raise NsdServiceError(f"nsd not found: apt-get install {DEBIAN_PACKAGES}")
         self.zones = {origin.rstrip(".").lower(): text for origin, text in zones.items()}
+        self.signers = {origin.rstrip(".").lower(): s for origin, s in (signers or {}).items()}
         self.port = port or free_dns_port()
         self.root = Path(tempfile.mkdtemp(prefix="pymail-nsd-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -104,7 +114,10 @@ class NsdService:
             "  control-enable: no",
         ]
         for origin, records in self.zones.items():
-            (self.root / f"{origin}.zone").write_text(_zone_text(origin, records))
+            text = _zone_text(origin, records)
+            if origin in self.signers:
+                text = self.signers[origin].sign(text)
+            (self.root / f"{origin}.zone").write_text(text)
             lines += ["zone:", f"  name: {origin}", f"  zonefile: \"{origin}.zone\""]
         conf = self.root / "nsd.conf"
         conf.write_text("\n".join(lines) + "\n")
@@ -128,9 +141,11 @@ class NsdService:
         raise NsdServiceError(f"nsd did not answer within {READY_TIMEOUT} s: {self.log()}")
 
     def _answers(self, origin: str) -> bool:
+        # over TCP: refused at once until NSD listens (a UDP probe sent too early would
+        # wait out its whole timeout)
         query = dns.message.make_query(origin + ".", "SOA")
         with contextlib.suppress(Exception):
-            response = dns.query.udp(query, HOST, port=self.port, timeout=0.5)
+            response = dns.query.tcp(query, HOST, port=self.port, timeout=2)
             return response.rcode() == dns.rcode.NOERROR and bool(response.answer)
         return False
 
@@ -175,5 +190,6 @@ class NsdService:
         return "\n".join(out)
 
 
-def start_nsd_service(zones: dict[str, str], *, port: int | None = None) -> NsdService:
-    return NsdService(zones, port=port).start()
+def start_nsd_service(zones: dict[str, str], *, port: int | None = None,
+                      signers: "dict[str, ZoneSigner] | None" = None) -> NsdService:
+    return NsdService(zones, port=port, signers=signers).start()
