@@ -141,8 +141,9 @@ async def prepare_storage(config: Config, *, check_blobs: bool = True) -> Store:
 
 
 def prepare_spool(config: Config) -> None:
-    """Make the SMTP spool directory (0700) and remove the files a previous run left
-    there (nobody acknowledged them: a 250 comes only after the blob is durable)."""
+    """Make the spool directory (0700: SMTP DATA and IMAP APPEND) and remove the files a
+    previous run left there (nobody acknowledged them: a 250 or an APPEND OK comes only
+    after the blob is durable)."""
     try:
         removed = Spool(config.spool_dir, config.limits.spool_threshold).prepare()
     except OSError as e:
@@ -197,9 +198,15 @@ class Worker:
         limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
                                     rate_per_minute=cfg.limits.connection_rate_per_ip)
         self.limiter = limiter if limiter.enabled else None
+        # One delivery path (blob, then index) for SMTP and IMAP APPEND, and one spool:
+        # message content over limits.spool_threshold (DATA, an APPEND literal) waits in
+        # files there while it arrives (made 0700 and emptied of a previous run's files
+        # by `serve`, before any worker starts).
+        deliverer = LocalDeliverer(self.store.blobs, self.store.index)
+        spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         handler = MxHandler(
             router=Router(self.store.directory),
-            deliverer=LocalDeliverer(self.store.blobs, self.store.index),
+            deliverer=deliverer,
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,
@@ -215,9 +222,6 @@ class Worker:
             service="submission",
             space=self.store.space,
         )
-        # DATA content over limits.spool_threshold waits in files there (made 0700 and
-        # emptied of a previous run's files by `serve`, before any worker starts).
-        spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         # (name, handler, implicit TLS, authenticated submission): the MX offers STARTTLS
         # to whoever wants it (RFC 3207); submission insists on TLS, then AUTH.
         smtp_services = (
@@ -277,6 +281,8 @@ class Worker:
                                              cfg.limits.mailbox_name_length,
                                              cfg.limits.mailbox_depth),
                 fetch_sections=cfg.limits.fetch_sections,
+                spool=spool,
+                deliverer=deliverer,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s

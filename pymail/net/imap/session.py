@@ -3,10 +3,11 @@ listed in `CAPABILITIES`).
 
 The connection loop (`server.py`) reads `Command`s with the sans-IO `CommandReader` and
 calls `ImapSession.run_command`; this module turns each command into store calls and
-response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Two command
+response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Command
 groups live in their own modules, mixed into `ImapSession`: `mailboxes` (CREATE,
-DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits) and `fetch` (FETCH,
-streamed in bounded memory).
+DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits), `fetch` (FETCH,
+streamed in bounded memory) and `append` (APPEND, a large literal from the spool,
+stored through the `LocalDeliverer` SMTP uses).
 
 Invariants:
 
@@ -52,8 +53,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.delivery.local import structure_json
+from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.spool import MessageContent
 from pymail.mail.mime import MessageStructure, iter_text
+from pymail.net.imap.append import AppendCommand
 from pymail.net.imap.fetch import FetchCommand
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
@@ -72,7 +75,7 @@ from pymail.proto.imap.types import (
     Store,
 )
 from pymail.store import (
-    Delivery, DeliveryTarget, Mailbox, MessageRecord, StorageError,
+    Mailbox, MessageRecord, StorageError,
     Store as MailStore, User,
 )
 from pymail.store.interfaces import is_no_space
@@ -131,6 +134,11 @@ class Channel(Protocol):
         """The client authenticated: the pre-login limits end."""
         ...
 
+    async def streamed_literal(self) -> MessageContent:
+        """The streamed literal of the APPEND being run (``Append.streamed``), complete;
+        the session owns it from now on (``discard`` it when done)."""
+        ...
+
 
 @dataclass
 class SelectedMailbox:
@@ -178,7 +186,7 @@ def _header_text(value: bytes) -> str:
         return text
 
 
-class ImapSession(MailboxCommands, FetchCommand):
+class ImapSession(MailboxCommands, FetchCommand, AppendCommand):
     """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
@@ -186,8 +194,11 @@ class ImapSession(MailboxCommands, FetchCommand):
                  starttls_available: bool, append_limit: int = DEFAULT_APPEND_LIMIT,
                  watcher: MailboxWatcher | None = None,
                  mailbox_limits: MailboxLimits = MailboxLimits(),
-                 fetch_sections: int = DEFAULT_FETCH_SECTIONS) -> None:
+                 fetch_sections: int = DEFAULT_FETCH_SECTIONS,
+                 deliverer: LocalDeliverer | None = None) -> None:
         self.store = store
+        #: APPEND stores through it, as SMTP delivery does
+        self.deliverer = deliverer if deliverer is not None else LocalDeliverer(store.blobs, store.index)
         self.authenticator = authenticator
         self.channel = channel
         self.starttls_available = starttls_available
@@ -493,49 +504,11 @@ class ImapSession(MailboxCommands, FetchCommand):
         }
         return [(item, values[item]) for item in items]
 
-    async def cmd_append(self, command: Command):
-        # RFC 3501 section 6.3.11, RFC 4315 APPENDUID; durable before OK: the blob is
-        # put first, then the index commits (docs/architecture.md, "The durability rule").
-        # A ``~{n}`` literal8 (RFC 3516 section 4.4) is stored as sent.
-        args = command.arguments
-        assert isinstance(args, Append)
-        name = self._name(args.mailbox)
-        box = await self.store.index.get_mailbox(self.user_id, name)
-        if box is None:
-            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
-        if not args.message:
-            raise _bad("Empty message")
-        if len(args.message) > self.append_limit:  # RFC 7889; the reader checks it first
-            raise _No("Message too big", r.TOOBIG)
-        await self._check_quota(len(args.message))
-        space = self.store.space
-        if space is not None and not space.room_for(len(args.message)):
-            # below storage.min_free_space: new mail waits, deleting still works
-            raise _No(TEXT_NO_SPACE, r.OVERQUOTA)
-        flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
-        structure = await structure_json(args.message)
-        key = await self.store.blobs.put(args.message)
-        moment = args.internal_date or _dt.datetime.now(_dt.timezone.utc)
-        stored = await self.store.index.deliver(Delivery(
-            blob_key=key, size=len(args.message), internal_date=moment, structure=structure,
-            targets=(DeliveryTarget(self.user_id, box.name, flags),),
-        ))
-        if not stored or stored[0].mailbox_id != box.id:  # mailbox deleted meanwhile
-            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
-        return "APPEND completed", r.code_appenduid(box.uidvalidity, [stored[0].uid])
-
     # -- QUOTA (RFC 9208): one root "" per user, STORAGE in units of 1024 octets ----------
 
     async def _storage_used(self) -> int:
         """Octets in all the user's mailboxes (the sum of RFC822.SIZE)."""
         return await self.store.index.storage_used(self.user_id)
-
-    async def _check_quota(self, adding: int) -> None:
-        """NO [OVERQUOTA] (RFC 9208 section 4.3) when `adding` octets exceed the
-        user's quota (``virtual_users.quota``, 0 = unlimited)."""
-        assert self.user is not None
-        if self.user.quota and await self._storage_used() + adding > self.user.quota:
-            raise _No("Quota exceeded", r.OVERQUOTA)
 
     async def _quota_response(self) -> bytes:
         assert self.user is not None

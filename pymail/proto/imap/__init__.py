@@ -15,6 +15,7 @@ from pymail.proto.imap.parser import (
     CommandReader,
     ContinuationLine,
     IdleDone,
+    LiteralData,
     NeedContinuation,
 )
 from pymail.proto.imap.states import COMMANDS_BY_STATE, ConnectionState, command_allowed
@@ -22,6 +23,6 @@ from pymail.proto.imap.types import Command, SequenceSet
 
 __all__ = [
     "BadCommand", "FatalProtocolError", "CONNECTION_CLOSED", "NEED_DATA", "CommandReader",
-    "ContinuationLine", "IdleDone", "NeedContinuation", "COMMANDS_BY_STATE",
+    "ContinuationLine", "IdleDone", "LiteralData", "NeedContinuation", "COMMANDS_BY_STATE",
     "ConnectionState", "command_allowed", "Command", "SequenceSet", "bodystructure", "responses",
 ]

@@ -4,14 +4,25 @@
 
 * ``receive_data(data)`` appends bytes (``b""`` means the client closed);
 * ``next_event()`` returns a ``Command``, ``NeedContinuation`` (send ``+`` before the
-  client sends a synchronising literal), ``ContinuationLine`` / ``IdleDone`` (after
+  client sends a synchronising literal), ``LiteralData`` (a piece of a streamed APPEND
+  literal, below), ``ContinuationLine`` / ``IdleDone`` (after
   ``expect_continuation_line()`` / ``expect_idle_done()``), ``NEED_DATA`` or
   ``CONNECTION_CLOSED``; or raises ``BadCommand`` / ``FatalProtocolError``.
 
 Invariants:
 * A command line (all its text outside literal contents) is at most ``max_line``
   bytes; the reader never holds more than that plus one read of unparsed line text,
-  plus at most one literal's declared size while a literal is read.
+  plus the literals of the command being read, each at most ``max_literal`` -- or
+  ``stream_literal_above`` for APPEND: a reader made with ``stream_literal_above``
+  (``limits.spool_threshold``) does not keep an APPEND literal larger than that once
+  logged in, but hands its octets out as they arrive, as ``LiteralData`` events (each
+  at most what one ``receive_data`` brought); the ``Command`` that follows carries an
+  empty message with ``Append.streamed`` set.  Such a literal must be the command's last
+  item (a literal behind it is refused with ``BAD``, its octets skipped); a NUL in a
+  streamed non-literal8 literal ends the ``LiteralData`` events, the rest of the
+  command is consumed and refused with ``BAD`` as for a literal kept whole.  After any
+  ``BadCommand`` or ``CONNECTION_CLOSED`` the ``LiteralData`` already handed out belong
+  to no command: the caller drops them.
 * A literal's size is checked before ``NeedContinuation`` is returned (RFC 3501 section
   7.5, RFC 7888 section 4): an over-size APPEND literal is refused with ``NO [TOOBIG]``,
   any other with ``BAD``; an over-size non-synchronising literal is fatal (BYE).  The
@@ -89,6 +100,16 @@ class ContinuationLine:
 
 
 @dataclass(frozen=True)
+class LiteralData:
+    """The next octets of a streamed APPEND literal (see the module docstring), in order;
+    the literal's octets together are the message.  ``literal_size`` is the size the
+    literal declared (all its pieces together)."""
+
+    data: bytes
+    literal_size: int
+
+
+@dataclass(frozen=True)
 class IdleDone:
     """The ``DONE`` line that ends IDLE (RFC 2177 section 3)."""
 
@@ -126,8 +147,14 @@ class _SyntaxError(Exception):
 
 @dataclass
 class _Literal:
-    data: bytes
+    data: bytes  # empty when streamed
     binary: bool  # literal8 "~{n}" (RFC 3516 section 4.1)
+    streamed: bool = False  # handed out as LiteralData events
+    size: int = -1  # octets; len(data) unless streamed
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.data)
 
 
 class _Cursor:
@@ -259,6 +286,8 @@ class _Cursor:
         lit = self.literal()
         if lit.binary:
             raise _SyntaxError("literal8 not allowed here")
+        if lit.streamed:
+            raise _SyntaxError("a streamed literal is no string")
         return lit.data.decode("utf-8", "surrogateescape")
 
     def astring(self) -> str:
@@ -582,7 +611,7 @@ def _parse_append(c: _Cursor) -> Append:
         internal_date = c.date_time()
         c.sp()
     lit = c.literal()
-    return Append(mailbox, flags, internal_date, lit.data, lit.binary)
+    return Append(mailbox, flags, internal_date, lit.data, lit.binary, lit.streamed, lit.size)
 
 
 def _parse_enable(c: _Cursor) -> Enable:
@@ -905,7 +934,7 @@ def parse_command(fragments: list[bytes], literals: list[_Literal], max_depth: i
         raise BadCommand(tag, exc.text, detail=str(exc)) from None
     except RecursionError:  # pragma: no cover - guarded by max_depth
         raise BadCommand(tag, errors.TEXT_NESTING_TOO_DEEP) from None
-    return Command(tag, name, arguments, uid, sum(len(lit.data) for lit in literals))
+    return Command(tag, name, arguments, uid, sum(lit.size for lit in literals))
 
 
 def _head(fragment: bytes) -> tuple[str, str]:
@@ -927,13 +956,15 @@ class CommandReader:
     literal outside APPEND; ``max_append`` an APPEND literal (and an APPEND's literal
     total); ``max_command_literals`` the literal total of any other command;
     ``prelogin_literal`` the literal total of a command before ``logged_in()``;
+    ``stream_literal_above`` the largest APPEND literal kept whole (None: all are);
     ``max_depth`` parenthesis/NOT/OR nesting.
     """
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_literal: int = DEFAULT_MAX_LITERAL,
                  max_append: int = DEFAULT_MAX_APPEND, max_depth: int = DEFAULT_MAX_DEPTH,
                  max_command_literals: int = DEFAULT_MAX_COMMAND_LITERALS,
-                 prelogin_literal: int | None = None) -> None:
+                 prelogin_literal: int | None = None,
+                 stream_literal_above: int | None = None) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
         self.max_append = max_append
@@ -941,6 +972,7 @@ class CommandReader:
         self.max_command_literals = max_command_literals
         #: literal octets one command may carry before login; None once logged in
         self.prelogin_literal = prelogin_literal
+        self.stream_literal_above = stream_literal_above
         self._literal_number = 0  # literals begun (read or discarded) by this reader
         self._skip_literal_size = 0  # size of the {n+} literal being discarded
         self._buffer = bytearray()  # received, not yet consumed
@@ -951,6 +983,8 @@ class CommandReader:
         self._line_total = 0  # bytes of fragments (outside literals)
         self._literal_total = 0
         self._pending: tuple[int, bool] | None = None  # (size, binary) being awaited
+        self._streaming: _Literal | None = None  # the literal being handed out
+        self._stream_left = 0  # its octets still to come
         self._skip_error: BadCommand | None = None  # discarding an over-long line
         self._skip_literal = 0  # bytes of a {n+} literal to discard while skipping
         self._skip_tail = b""  # last bytes of the discarded line (literal marker)
@@ -979,12 +1013,15 @@ class CommandReader:
     @property
     def buffered(self) -> int:
         """Bytes held, for tests of the memory bound."""
-        return len(self._buffer) + self._line_total + self._literal_total
+        return len(self._buffer) + self._line_total + sum(len(lit.data) for lit in self._literals)
 
     def progress(self) -> ReadProgress:
         """What the reader waits for (meaningful after ``next_event`` gave NEED_DATA)."""
         if self._pending is not None:
             return ReadProgress(READING_LITERAL, self._literal_number, len(self._buffer))
+        if self._streaming is not None:
+            return ReadProgress(READING_LITERAL, self._literal_number,
+                                self._streaming.size - self._stream_left)
         if self._skip_literal:
             return ReadProgress(READING_LITERAL, self._literal_number,
                                 self._skip_literal_size - self._skip_literal)
@@ -1013,6 +1050,8 @@ class CommandReader:
         self._line_total = 0
         self._literal_total = 0
         self._pending = None
+        self._streaming = None
+        self._stream_left = 0
 
     def _next_event(self) -> object:
         while True:
@@ -1021,6 +1060,13 @@ class CommandReader:
                     return self._need_data()
                 error, self._skip_error = self._skip_error, None
                 raise error
+            if self._streaming is not None:
+                if not self._buffer:
+                    return self._need_data()
+                event = self._stream_literal()
+                if event is not None:
+                    return event
+                continue
             if self._pending is not None:
                 size, binary = self._pending
                 if len(self._buffer) < size:
@@ -1102,10 +1148,17 @@ class CommandReader:
         else:
             limit, total = self.max_literal, self.max_command_literals
         too_big = size > limit or self._literal_total + size > total
+        streamed_before = any(lit.streamed for lit in self._literals)
+        stream = (not prelogin and name == "APPEND" and self.stream_literal_above is not None
+                  and size > self.stream_literal_above)
         if not synchronising:
             if too_big:  # RFC 7888 section 4: the bytes are coming; we cannot resync
                 raise FatalProtocolError(errors.TEXT_FATAL_LITERAL)
-            self._begin_literal(size, binary)
+            if streamed_before:  # skip it unread, then BAD
+                self._start_skip(errors.TEXT_SYNTAX, text)
+                self._begin_skip_literal(size)
+                return None
+            self._begin_literal(size, binary, stream=stream)
             return None
         if prelogin and name not in NOT_AUTHENTICATED_COMMANDS and name in ALL_COMMANDS:
             # e.g. APPEND before login: the session's answer, before the literal is sent
@@ -1120,13 +1173,46 @@ class CommandReader:
             # refuse before asking for the literal; the client will not send it
             self._reset_command()
             raise BadCommand(tag, errors.TEXT_UNKNOWN_COMMAND if tag != "*" else errors.TEXT_SYNTAX)
-        self._begin_literal(size, binary)
+        if streamed_before:  # nothing may follow a streamed literal
+            self._reset_command()
+            raise BadCommand(tag, errors.TEXT_SYNTAX, detail="literal after a streamed literal")
+        self._begin_literal(size, binary, stream=stream)
         return NeedContinuation(tag, size)
 
-    def _begin_literal(self, size: int, binary: bool) -> None:
-        self._pending = (size, binary)
+    def _begin_literal(self, size: int, binary: bool, *, stream: bool = False) -> None:
+        if stream:
+            self._streaming = _Literal(b"", binary, streamed=True, size=size)
+            self._stream_left = size
+        else:
+            self._pending = (size, binary)
         self._literal_total += size
         self._literal_number += 1
+
+    def _stream_literal(self) -> LiteralData | None:
+        """The next piece of the streamed literal (the buffer holds some of it); None
+        when a NUL turned the rest of the command into a refusal being skipped."""
+        literal = self._streaming
+        assert literal is not None
+        if self._stream_left >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            data = bytes(self._buffer[:self._stream_left])
+            del self._buffer[:self._stream_left]
+        self._stream_left -= len(data)
+        if not literal.binary and b"\x00" in data:  # CHAR8 excludes NUL (RFC 3501 s. 9)
+            left, size = self._stream_left, literal.size
+            self._skip_error = BadCommand(_head(self._fragments[0])[0], errors.TEXT_SYNTAX,
+                                          detail="NUL in literal; use literal8")
+            self._skip_tail = b""
+            self._reset_command()
+            # the rest of the literal is discarded as the same literal (its deadline goes on)
+            self._skip_literal, self._skip_literal_size = left, size
+            return None
+        if not self._stream_left:
+            self._literals.append(literal)
+            self._streaming = None
+        return LiteralData(data, literal.size)
 
     def _begin_skip_literal(self, size: int) -> None:
         self._skip_literal = self._skip_literal_size = size
