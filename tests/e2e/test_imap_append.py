@@ -98,11 +98,22 @@ def sha(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_several_large_appends_at_once_hold_bounded_memory(server: PymailServer) -> None:
-    """Four 20 MB APPENDs at once (two synchronising literals, one LITERAL+, one literal8
-    LITERAL+ with NUL octets) grow the server's anonymous memory by less than
-    MEMORY_CEILING (before: +113-118 MiB; now about +10 MiB), another client never waits, every byte is stored
-    under its APPENDUID, and the spool is empty afterwards."""
+def test_several_large_appends_at_once_hold_bounded_memory(tmp_path: Path, storage: StorageSetup) -> None:
+    """On both backend pairs, four 20 MB APPENDs at once (two synchronising literals,
+    one LITERAL+, one literal8 LITERAL+ with NUL octets) grow the server's anonymous
+    memory by less than MEMORY_CEILING (before: +113-118 MiB; now about +10 MiB),
+    another client never waits, every byte is stored, and the spool is empty
+    afterwards."""
+    server = PymailServer(tmp_path, storage_config=storage.config, imaps=True)
+    server.add_user(ALICE)
+    server.start()
+    try:
+        _append_four_at_once(server)
+    finally:
+        server.stop()
+
+
+def _append_four_at_once(server: PymailServer) -> None:
     messages = [message(BIG, f"big {n}", binary=n == 3) for n in range(4)]
     modes = [dict(), dict(), dict(plus=True), dict(plus=True, literal8=True)]
     wires = [imaps(server, ALICE) for _ in messages]
