@@ -1,5 +1,5 @@
 """Sans-IO tests of the IMAP command reader's streamed APPEND literals
-(pymail.proto.imap.parser, ``stream_literal_above``): fed whole, byte by byte, in two
+(pymail.proto.imap.reader, ``stream_literal_above``): fed whole, byte by byte, in two
 pieces and in random splits, with the smuggling vectors.
 
 An APPEND literal above the threshold (once logged in) is never kept in the reader: its
@@ -17,7 +17,7 @@ from pymail.proto.imap import (
     CONNECTION_CLOSED, NEED_DATA, BadCommand, Command, CommandReader, FatalProtocolError,
     LiteralData, NeedContinuation,
 )
-from pymail.proto.imap.parser import READING_LINE, READING_LITERAL, ReadProgress
+from pymail.proto.imap.reader import READING_LINE, READING_LITERAL, ReadProgress
 from pymail.proto.imap.types import Append
 
 THRESHOLD = 1000

@@ -7,7 +7,7 @@ it arrives.
 Invariants:
 
 * A literal up to ``limits.spool_threshold`` comes whole in the command; a larger one
-  (after login) comes from the reader in pieces (`pymail.proto.imap.parser.LiteralData`)
+  (after login) comes from the reader in pieces (`pymail.proto.imap.reader.LiteralData`)
   that the connection writes into a `LiteralSpool` as they arrive: the spool SMTP DATA
   uses (`pymail.delivery.spool`, one `Spool` per process), a file from the first octet,
   hashed as it streams (`pymail.proto.content.ContentMeter`: the SHA-256 is the blob

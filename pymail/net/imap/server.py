@@ -57,7 +57,7 @@ from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.names import MailboxLimits
-from pymail.proto.imap.parser import (
+from pymail.proto.imap.reader import (
     CONNECTION_CLOSED, NEED_DATA, CommandReader, LiteralData, NeedContinuation,
 )
 from pymail.proto.imap.states import ConnectionState

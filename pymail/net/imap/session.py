@@ -64,7 +64,7 @@ from pymail.proto.imap import responses as r
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
-from pymail.proto.imap.parser import ContinuationLine, IdleDone
+from pymail.proto.imap.reader import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
     Authenticate, Command, Copy, Enable, Expunge, GetQuota, Id, Login, MailboxName,
