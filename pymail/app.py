@@ -28,6 +28,7 @@ from pathlib import Path
 from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
+from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
@@ -141,8 +142,9 @@ async def prepare_storage(config: Config, *, check_blobs: bool = True) -> Store:
 
 
 def prepare_spool(config: Config) -> None:
-    """Make the SMTP spool directory (0700) and remove the files a previous run left
-    there (nobody acknowledged them: a 250 comes only after the blob is durable)."""
+    """Make the spool directory (0700: SMTP DATA and IMAP APPEND) and remove the files a
+    previous run left there (nobody acknowledged them: a 250 or an APPEND OK comes only
+    after the blob is durable)."""
     try:
         removed = Spool(config.spool_dir, config.limits.spool_threshold).prepare()
     except OSError as e:
@@ -203,6 +205,12 @@ class Worker:
         # (The DKIM signer, pymail.delivery.dkim, plugs in as `signer`.)
         self.pipeline = Pipeline(store=self.store, router=Router(self.store.directory),
                                  signer=None, config=cfg)
+        # IMAP APPEND's delivery path (blob, then index), and one spool for all: message
+        # content over limits.spool_threshold (DATA, an APPEND literal) waits in files
+        # there while it arrives (made 0700 and emptied of a previous run's files by
+        # `serve`, before any worker starts).
+        deliverer = LocalDeliverer(self.store.blobs, self.store.index)
+        spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         handler = MxHandler(
             pipeline=self.pipeline,
             hostname=cfg.server.hostname,
@@ -219,9 +227,6 @@ class Worker:
             service="submission",
             space=self.store.space,
         )
-        # DATA content over limits.spool_threshold waits in files there (made 0700 and
-        # emptied of a previous run's files by `serve`, before any worker starts).
-        spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         # (name, handler, implicit TLS, authenticated submission): the MX offers STARTTLS
         # to whoever wants it (RFC 3207); submission insists on TLS, then AUTH.
         smtp_services = (
@@ -281,6 +286,8 @@ class Worker:
                                              cfg.limits.mailbox_name_length,
                                              cfg.limits.mailbox_depth),
                 fetch_sections=cfg.limits.fetch_sections,
+                spool=spool,
+                deliverer=deliverer,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s

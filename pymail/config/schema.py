@@ -416,8 +416,8 @@ class LimitsConfig(_Section):
     spool_threshold: Size = Field(
         default=parse_size("1MB"),
         ge=64 * 1024,
-        description="Message content larger than this (SMTP DATA) is spooled to a file under "
-        "data_dir/spool while it arrives instead of being held in memory.",
+        description="Message content larger than this (SMTP DATA, an IMAP APPEND literal) is "
+        "spooled to a file under data_dir/spool while it arrives instead of being held in memory.",
     )
     prelogin_literal: Size = Field(
         default=parse_size("8KB"),

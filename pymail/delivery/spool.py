@@ -3,13 +3,17 @@
 A `SpoolWriter` takes a message's octets as they arrive.  Up to `Spool.threshold`
 (``limits.spool_threshold``) they stay in memory; past it, what was kept and everything
 after goes to a file of its own in the spool directory (``<data_dir>/spool``, mode 0700),
-written by a worker thread in batches of `WRITE_BATCH` octets.  `SpoolWriter.finish`
-gives the `MessageContent` delivery works from: the bytes, or the file.
+written by a worker thread in batches of `WRITE_BATCH` octets.  A message whose size is
+known before it arrives (an IMAP APPEND literal) and is larger than the threshold goes
+to its file from its first octet.  `SpoolWriter.finish` gives the `MessageContent`
+delivery works from: the bytes, or the file.  One spool serves SMTP DATA and IMAP
+APPEND (`pymail.app` makes it).
 
 Invariants:
 
 * One message holds at most ``threshold`` octets in memory (in memory) or `WRITE_BATCH`
-  plus one incoming chunk (spooled), whatever its size.
+  plus one incoming chunk (spooled), whatever its size; a message announced larger than
+  the threshold only the latter.
 * Spool files are not fsynced here: nothing was acknowledged for them.  Delivery makes
   the blob durable from the file (`BlobStore.put_file` fsyncs it) before the index
   commit and the ``250``.  A crash leaves spool files nobody acknowledged;
@@ -103,8 +107,9 @@ class Spool:
                     removed += 1
         return removed
 
-    def writer(self) -> SpoolWriter:
-        return SpoolWriter(self)
+    def writer(self, expected_size: int | None = None) -> SpoolWriter:
+        """A writer for one message; `expected_size` when its size is known already."""
+        return SpoolWriter(self, expected_size)
 
 
 class SpoolWriter:
@@ -113,8 +118,12 @@ class SpoolWriter:
     The file descriptor and path are set by the worker thread that creates the file;
     the event loop reads them only once that thread's future is done."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, expected_size: int | None = None) -> None:
         self._spool = spool
+        #: octets kept in memory before the file is made: none for a message known to
+        #: be larger than the threshold
+        self._spill_above = (0 if expected_size is not None and expected_size > spool.threshold
+                             else spool.threshold)
         self._loop = asyncio.get_running_loop()
         self.size = 0  #: octets written so far
         self._parts: list[bytes] = []  #: octets not in the file (yet)
@@ -140,7 +149,7 @@ class SpoolWriter:
         self._parts.append(data)
         self._buffered += len(data)
         if not self._spilled:
-            if self.size > self._spool.threshold:
+            if self.size > self._spill_above:
                 self._spilled = True
                 await self._in_thread(self._create_sync)
                 await self._flush()

@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 from urllib.parse import unquote_to_bytes
 
+from pymail.mail.charsets import text_charset
+
 __all__ = [
     "Address",
     "Envelope",
@@ -259,7 +261,9 @@ def iter_text(raw: bytes, message: MessageStructure, *, headers: bool) -> Iterat
     """The searchable text of a message (IMAP SEARCH BODY and TEXT, RFC 3501 section
     6.4.4): each text/* part decoded from its transfer encoding and charset, recursing
     into encapsulated messages; with `headers`, each header block too (raw, unfolded).
-    Undecodable bytes become U+FFFD; parts in unknown encodings are searched raw."""
+    Undecodable bytes become U+FFFD; parts in unknown encodings are searched raw; the
+    charset is `pymail.mail.charsets.text_charset`'s.  The streamed equivalent, in
+    bounded memory, is `pymail.proto.imap.search`."""
     if headers:
         yield raw[message.body.header_start : message.body.body_start].decode("utf-8", "replace")
     stack = [message.body]
@@ -278,11 +282,8 @@ def iter_text(raw: bytes, message: MessageStructure, *, headers: bool) -> Iterat
             body = decode_transfer_encoding(body, part.encoding)
         except (UnknownTransferEncoding, binascii.Error):
             pass
-        charset = part.params.get("charset", "us-ascii")
-        try:
-            yield body.decode(charset, "replace")
-        except LookupError:  # an unknown charset: UTF-8 is the best guess today
-            yield body.decode("utf-8", "replace")
+        # an unknown (or unusable) charset: UTF-8 is the best guess today
+        yield body.decode(text_charset(part.params.get("charset", "us-ascii")), "replace")
 
 
 # --- parsing: entry point ----------------------------------------------------------------------

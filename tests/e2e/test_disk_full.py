@@ -121,6 +121,15 @@ def test_a_full_disk_refuses_new_mail_lets_users_delete_and_recovers(server: Pym
     try:
         typ, data_ = imap.append("INBOX", None, None, b"Subject: appended\r\n\r\nhi\r\n")
         assert typ == "NO" and data_[0].startswith(b"[OVERQUOTA] Not enough disk space"), data_
+        # the same for an APPEND above spool_threshold, streamed to the spool: refused
+        # once it arrived, its spool file gone
+        big = b"Subject: appended big\r\n\r\n" + b"a line of a large APPEND\r\n" * 60000
+        typ, data_ = imap.append("INBOX", None, None, big)
+        assert typ == "NO" and data_[0].startswith(b"[OVERQUOTA] Not enough disk space"), data_
+        deadline = time.monotonic() + 5
+        while os.listdir(data / "spool") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.listdir(data / "spool") == []
 
         # Filled to the last byte by someone else, with no WAL left to reuse: deleting
         # mail still works, on the reserve.

@@ -1,4 +1,5 @@
-"""Sans-IO tests of the IMAP command reader (pymail.proto.imap.parser).
+"""Sans-IO tests of the IMAP command reader (pymail.proto.imap.reader) and of the command
+grammar (pymail.proto.imap.parser).
 
 Every input is fed whole, byte by byte, and with trailing data (a second pipelined
 command behind it), STYLE.md item 4; malformed input must end in BadCommand or

@@ -1,5 +1,5 @@
 """Sans-IO tests of the IMAP command reader's limits before login and of its progress
-report (pymail.proto.imap.parser), fed whole, byte by byte and in two pieces.
+report (pymail.proto.imap.reader), fed whole, byte by byte and in two pieces.
 
 Before login nothing larger than ``prelogin_literal`` is read: a synchronising literal
 above it (or of a command not allowed before login, such as APPEND) is refused before
@@ -13,7 +13,7 @@ from pymail.proto.imap import (
     CONNECTION_CLOSED, NEED_DATA, BadCommand, Command, CommandReader, FatalProtocolError,
     NeedContinuation,
 )
-from pymail.proto.imap.parser import (
+from pymail.proto.imap.reader import (
     READING_LINE, READING_LITERAL, WAITING_FOR_COMMAND, ReadProgress,
 )
 

@@ -44,6 +44,26 @@ def test_small_message_stays_in_memory(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_message_announced_larger_than_the_threshold_goes_to_its_file_at_once(tmp_path: Path) -> None:
+    """An APPEND literal's size is known: above the threshold nothing is kept in memory
+    first (before: the first `threshold` octets were)."""
+    async def main() -> None:
+        writer = Spool(tmp_path, 1000).writer(expected_size=3000)
+        await writer.write(b"a" * 10)
+        assert writer.spooled and len(os.listdir(tmp_path)) == 1
+        for _ in range(299):
+            await writer.write(b"b" * 10)
+        message = await writer.finish("e" * 64)
+        assert message.path is not None and message.path.read_bytes() == b"a" * 10 + b"b" * 2990
+        small = Spool(tmp_path / "x", 1000).writer(expected_size=1000)  # at the threshold
+        await small.write(b"c" * 1000)
+        assert not small.spooled and (await small.finish("c" * 64)).data == b"c" * 1000
+        message.discard()
+        await _drain()
+
+    asyncio.run(main())
+
+
 def test_large_message_goes_to_one_file(tmp_path: Path) -> None:
     async def main() -> None:
         writer = Spool(tmp_path, 1000).writer()

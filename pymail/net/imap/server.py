@@ -12,6 +12,12 @@ sans-IO `CommandReader` and its commands to an `ImapSession`.
   else reaches the client: an unexpected exception is logged and the connection closed.
 * Before login the reader takes no literal above ``limits.prelogin_literal`` (a larger
   synchronising one is refused before its ``+``, a larger ``{n+}`` ends the connection).
+* After login an APPEND literal above ``limits.spool_threshold`` is not held: the
+  reader hands it out in pieces as they arrive, which go into a `LiteralSpool`
+  (`pymail.net.imap.append`: the process's one spool, hashed as it streams) until the
+  APPEND takes it (`streamed_literal`).  A literal no command took -- the client hung
+  up inside it, the command was refused, a deadline passed -- is dropped with its
+  spool file.
 * Deadlines (`pymail.net.listen.Deadlines`), each answered with ``* BYE`` and close:
   ``limits.login_timeout`` from connect (TLS handshake included) until login,
   ``limits.command_timeout`` for a command line once its first byte came,
@@ -36,6 +42,9 @@ import logging
 import ssl
 
 from pymail.auth.service import Authenticator
+from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.spool import MessageContent, Spool
+from pymail.net.imap.append import LiteralSpool
 from pymail.net.imap.refusals import Logout
 from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, DEFAULT_FETCH_SECTIONS, ImapSession
 from pymail.net.imap.watch import MailboxWatcher
@@ -48,7 +57,9 @@ from pymail.net.proxy import ClientAddress, TrustedProxies
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.errors import BadCommand, FatalProtocolError
 from pymail.proto.imap.names import MailboxLimits
-from pymail.proto.imap.parser import CONNECTION_CLOSED, NEED_DATA, CommandReader, NeedContinuation
+from pymail.proto.imap.reader import (
+    CONNECTION_CLOSED, NEED_DATA, CommandReader, LiteralData, NeedContinuation,
+)
 from pymail.proto.imap.states import ConnectionState
 from pymail.proto.imap.types import Command
 from pymail.store import Store
@@ -81,15 +92,20 @@ class ImapConnection(StreamConnection):
         super().__init__(service, reader, writer, tls=tls, client=client, connected_at=connected_at)
         self.imap = service
         self.commands = self._reader()
+        #: the streamed APPEND literal arriving, or arrived and not yet taken
+        self.literal: LiteralSpool | None = None
         self.session = ImapSession(service.store, service.authenticator, self,
                                    starttls_available=not service.implicit_tls,
                                    append_limit=service.append_limit, watcher=service.watcher,
                                    mailbox_limits=service.mailbox_limits,
-                                   fetch_sections=service.fetch_sections)
+                                   fetch_sections=service.fetch_sections,
+                                   deliverer=service.deliverer)
 
     def _reader(self) -> CommandReader:
+        spool = self.imap.spool
         return CommandReader(max_append=self.imap.append_limit,
-                             prelogin_literal=self.imap.prelogin_literal)
+                             prelogin_literal=self.imap.prelogin_literal,
+                             stream_literal_above=spool.threshold if spool is not None else None)
 
     # -- the Channel the session uses ---------------------------------------------------
 
@@ -102,11 +118,35 @@ class ImapConnection(StreamConnection):
     def logged_in(self) -> None:
         self.commands.logged_in()
 
+    async def streamed_literal(self) -> MessageContent:
+        literal, self.literal = self.literal, None
+        if literal is None:
+            raise RuntimeError("no streamed literal for this APPEND")
+        return await literal.finish()
+
+    def drop_literal(self) -> None:
+        """Drop a streamed literal no command took (and its spool file)."""
+        literal, self.literal = self.literal, None
+        if literal is not None:
+            literal.discard()
+
     async def next_event(self, timeout: float | None = None) -> object:
         """The next reader event; None if `timeout` passes first.  The deadlines apply
-        (`ClientTimeout`)."""
+        (`ClientTimeout`).  The pieces of a streamed literal go to its spool here."""
         while True:
-            event = self.commands.next_event()
+            try:
+                event = self.commands.next_event()
+            except (BadCommand, FatalProtocolError):
+                self.drop_literal()  # the command it belonged to was refused
+                raise
+            if isinstance(event, LiteralData):
+                if self.literal is None:
+                    assert self.imap.spool is not None
+                    self.literal = LiteralSpool(self.imap.spool, event.literal_size)
+                await self.literal.write(event.data)
+                continue
+            if event is CONNECTION_CLOSED:
+                self.drop_literal()
             if event is not NEED_DATA:
                 return event
             logged_in = self.session.state is not ConnectionState.NOT_AUTHENTICATED
@@ -163,6 +203,7 @@ class ImapConnection(StreamConnection):
                         await self.send(error.reply)
                     finally:
                         self.busy = False
+                        self.drop_literal()  # a refused APPEND did not take it
                     self.current = None  # kept for the log line if the command failed
         except FatalProtocolError as error:
             self.log_closed("protocol_error", error.text)
@@ -179,6 +220,7 @@ class ImapConnection(StreamConnection):
         except Exception:
             log.exception("imap connection from rip=%s failed", self.client_ip)
         finally:
+            self.drop_literal()
             if slot is not None:
                 slot.release()
             await self.close()
@@ -212,11 +254,16 @@ class ImapService(StreamService):
                  timeouts: ClientTimeouts | None = None,
                  prelogin_literal: int = DEFAULT_PRELOGIN_LITERAL,
                  mailbox_limits: MailboxLimits = MailboxLimits(),
-                 fetch_sections: int = DEFAULT_FETCH_SECTIONS) -> None:
+                 fetch_sections: int = DEFAULT_FETCH_SECTIONS,
+                 spool: Spool | None = None,
+                 deliverer: LocalDeliverer | None = None) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
         process so that they hold one change feed between them; `timeouts`,
-        `prelogin_literal`, `mailbox_limits` and `fetch_sections` come from ``[limits]``."""
+        `prelogin_literal`, `mailbox_limits` and `fetch_sections` come from ``[limits]``;
+        `spool` takes APPEND literals above its threshold as they arrive (None: every
+        literal is held whole), `deliverer` stores what APPEND takes (the one SMTP
+        delivery uses)."""
         super().__init__(name, addresses, store, authenticator, ssl_context,
                          implicit_tls=implicit_tls, reuse_port=reuse_port,
                          trusted_proxies=trusted_proxies, limiter=limiter, timeouts=timeouts)
@@ -225,3 +272,5 @@ class ImapService(StreamService):
         self.prelogin_literal = prelogin_literal
         self.mailbox_limits = mailbox_limits
         self.fetch_sections = fetch_sections
+        self.spool = spool
+        self.deliverer = deliverer if deliverer is not None else LocalDeliverer(store.blobs, store.index)

@@ -3,9 +3,11 @@ listed in `CAPABILITIES`).
 
 The connection loop (`server.py`) reads `Command`s with the sans-IO `CommandReader` and
 calls `ImapSession.run_command`; this module turns each command into store calls and
-response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Two command
+response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Command
 groups live in their own modules, mixed into `ImapSession`: `mailboxes` (CREATE,
-DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits) and `fetch` (FETCH,
+DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits), `fetch` (FETCH,
+streamed in bounded memory), `append` (APPEND, a large literal from the spool,
+stored through the `LocalDeliverer` SMTP uses) and `search` (SEARCH, message text
 streamed in bounded memory).
 
 Invariants:
@@ -42,37 +44,34 @@ import base64
 import binascii
 import bisect
 import contextlib
-import datetime as _dt
-import email.header
-import email.utils
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.delivery.local import structure_json
-from pymail.mail.mime import MessageStructure, iter_text
+from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.spool import MessageContent
+from pymail.mail.mime import MessageStructure
+from pymail.net.imap.append import AppendCommand
 from pymail.net.imap.fetch import FetchCommand
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
+from pymail.net.imap.search import SearchCommand
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.listen import CLIENT_GONE
-from pymail.proto.imap import bodystructure
 from pymail.proto.imap import responses as r
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
-from pymail.proto.imap.parser import ContinuationLine, IdleDone
+from pymail.proto.imap.reader import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
 from pymail.proto.imap.types import (
-    Append, Authenticate, Command, Copy, Enable, Expunge, GetQuota, Id,
-    Login, MailboxName, Search, SearchKey, Select, SequenceSet, Status,
-    Store,
+    Authenticate, Command, Copy, Enable, Expunge, GetQuota, Id, Login, MailboxName,
+    Select, SequenceSet, Status, Store,
 )
 from pymail.store import (
-    Delivery, DeliveryTarget, Mailbox, MessageRecord, StorageError,
+    Mailbox, MessageRecord, StorageError,
     Store as MailStore, User,
 )
 from pymail.store.interfaces import is_no_space
@@ -131,6 +130,11 @@ class Channel(Protocol):
         """The client authenticated: the pre-login limits end."""
         ...
 
+    async def streamed_literal(self) -> MessageContent:
+        """The streamed literal of the APPEND being run (``Append.streamed``), complete;
+        the session owns it from now on (``discard`` it when done)."""
+        ...
+
 
 @dataclass
 class SelectedMailbox:
@@ -169,16 +173,7 @@ def _decode_name(name: str, *, utf8: bool = False) -> str:
     return name
 
 
-def _header_text(value: bytes) -> str:
-    """A header field's value unfolded and with RFC 2047 encoded words decoded."""
-    text = re.sub(r"\r?\n[ \t]", " ", value.decode("utf-8", "replace"))
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except Exception:  # malformed encoded words: search the raw text
-        return text
-
-
-class ImapSession(MailboxCommands, FetchCommand):
+class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
     """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
@@ -186,8 +181,11 @@ class ImapSession(MailboxCommands, FetchCommand):
                  starttls_available: bool, append_limit: int = DEFAULT_APPEND_LIMIT,
                  watcher: MailboxWatcher | None = None,
                  mailbox_limits: MailboxLimits = MailboxLimits(),
-                 fetch_sections: int = DEFAULT_FETCH_SECTIONS) -> None:
+                 fetch_sections: int = DEFAULT_FETCH_SECTIONS,
+                 deliverer: LocalDeliverer | None = None) -> None:
         self.store = store
+        #: APPEND stores through it, as SMTP delivery does
+        self.deliverer = deliverer if deliverer is not None else LocalDeliverer(store.blobs, store.index)
         self.authenticator = authenticator
         self.channel = channel
         self.starttls_available = starttls_available
@@ -493,49 +491,11 @@ class ImapSession(MailboxCommands, FetchCommand):
         }
         return [(item, values[item]) for item in items]
 
-    async def cmd_append(self, command: Command):
-        # RFC 3501 section 6.3.11, RFC 4315 APPENDUID; durable before OK: the blob is
-        # put first, then the index commits (docs/architecture.md, "The durability rule").
-        # A ``~{n}`` literal8 (RFC 3516 section 4.4) is stored as sent.
-        args = command.arguments
-        assert isinstance(args, Append)
-        name = self._name(args.mailbox)
-        box = await self.store.index.get_mailbox(self.user_id, name)
-        if box is None:
-            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
-        if not args.message:
-            raise _bad("Empty message")
-        if len(args.message) > self.append_limit:  # RFC 7889; the reader checks it first
-            raise _No("Message too big", r.TOOBIG)
-        await self._check_quota(len(args.message))
-        space = self.store.space
-        if space is not None and not space.room_for(len(args.message)):
-            # below storage.min_free_space: new mail waits, deleting still works
-            raise _No(TEXT_NO_SPACE, r.OVERQUOTA)
-        flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
-        structure = await structure_json(args.message)
-        key = await self.store.blobs.put(args.message)
-        moment = args.internal_date or _dt.datetime.now(_dt.timezone.utc)
-        stored = await self.store.index.deliver(Delivery(
-            blob_key=key, size=len(args.message), internal_date=moment, structure=structure,
-            targets=(DeliveryTarget(self.user_id, box.name, flags),),
-        ))
-        if not stored or stored[0].mailbox_id != box.id:  # mailbox deleted meanwhile
-            raise _No(TEXT_NO_MAILBOX, r.TRYCREATE)
-        return "APPEND completed", r.code_appenduid(box.uidvalidity, [stored[0].uid])
-
     # -- QUOTA (RFC 9208): one root "" per user, STORAGE in units of 1024 octets ----------
 
     async def _storage_used(self) -> int:
         """Octets in all the user's mailboxes (the sum of RFC822.SIZE)."""
         return await self.store.index.storage_used(self.user_id)
-
-    async def _check_quota(self, adding: int) -> None:
-        """NO [OVERQUOTA] (RFC 9208 section 4.3) when `adding` octets exceed the
-        user's quota (``virtual_users.quota``, 0 = unlimited)."""
-        assert self.user is not None
-        if self.user.quota and await self._storage_used() + adding > self.user.quota:
-            raise _No("Quota exceeded", r.OVERQUOTA)
 
     async def _quota_response(self) -> bytes:
         assert self.user is not None
@@ -774,72 +734,6 @@ class ImapSession(MailboxCommands, FetchCommand):
 
     cmd_move = cmd_copy
 
-    # -- SEARCH (RFC 3501 section 6.4.4) ----------------------------------------------------
-
-    async def cmd_search(self, command: Command):
-        # RFC 3501 section 6.4.4; RETURN options MIN MAX ALL COUNT (RFC 4731 ESEARCH) and
-        # SAVE (RFC 5182 SEARCHRES); the MODSEQ key (RFC 7162 section 3.1.5).  Under
-        # IMAP4rev2 every SEARCH is answered with ESEARCH (RFC 9051 section 6.4.4).
-        args = command.arguments
-        assert isinstance(args, Search)
-        if args.charset not in (None, "UTF-8", "US-ASCII"):
-            raise _No("Unsupported charset", r.code_badcharset(["UTF-8", "US-ASCII"]))
-        options = args.return_options
-        if options is not None:
-            options = tuple(o.upper() for o in options) or ("ALL",)  # RFC 4731 section 3.1
-            unknown = set(options) - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
-            if unknown:
-                raise _bad(TEXT_NOT_SUPPORTED)
-        elif self.rev2:
-            options = ("ALL",)
-        uses_modseq = _uses_key(args.key, "MODSEQ")
-        if uses_modseq:
-            self.condstore = True
-        sel = self.sel
-        matched: list[tuple[int, int]] = []  # (sequence number, UID)
-        largest_uid = sel.uids[-1] if sel.uids else 0
-        records = await self._records(sel.uids)
-        try:
-            for index, u in enumerate(sel.uids):
-                record = records.get(u)
-                if record is None:
-                    continue
-                context = _SearchContext(self, record, index + 1, len(sel.uids), largest_uid)
-                if await context.matches(args.key):
-                    matched.append((index + 1, u))
-        except _No:
-            if options is not None and "SAVE" in options:
-                sel.saved = []  # RFC 5182 section 2.1: a failed SAVE search empties $
-            raise
-        numbers = [u if command.uid else seq for seq, u in matched]
-        highest = max((records[u].modseq for _, u in matched), default=None) if uses_modseq else None
-        if options is None:
-            await self.send(r.search_response(numbers, modseq=highest))
-            return "SEARCH completed"
-        if "SAVE" in options:
-            chosen = set(options)
-            if chosen & {"MIN", "MAX"} and not chosen & {"ALL", "COUNT"}:
-                # RFC 5182 section 2.4: SAVE with only MIN/MAX saves just those
-                ends = [matched[0][1]] if matched and "MIN" in chosen else []
-                ends += [matched[-1][1]] if matched and "MAX" in chosen else []
-                sel.saved = sorted(set(ends))
-            else:
-                sel.saved = [u for _, u in matched]
-            if set(options) == {"SAVE"}:  # RFC 5182 section 2.1: no ESEARCH at all
-                return "SEARCH completed"
-        results: list[tuple[str, int | list[int]]] = []
-        if numbers:
-            for option in ("MIN", "MAX", "ALL"):
-                if option in options:
-                    value = {"MIN": numbers[0], "MAX": numbers[-1], "ALL": numbers}[option]
-                    results.append((option, value))
-        if "COUNT" in options:
-            results.append(("COUNT", len(numbers)))
-        if highest is not None:
-            results.append(("MODSEQ", highest))
-        await self.send(r.esearch_response(command.tag, results, uid=command.uid))
-        return "SEARCH completed"
-
     # -- untagged updates -------------------------------------------------------------------
 
     async def _report_changes_safely(self, *, allow_expunge: bool) -> None:
@@ -908,110 +802,6 @@ class ImapSession(MailboxCommands, FetchCommand):
     HANDLERS: dict[str, Callable[["ImapSession", Command], Awaitable[object]]] = {}
 
 
-class _SearchContext:
-    """Evaluates a search tree against one message, loading its header only when a
-    header key needs it."""
-
-    def __init__(self, session: ImapSession, record: MessageRecord, sequence: int, count: int,
-                 largest_uid: int) -> None:
-        self.session = session
-        self.record = record
-        self.sequence = sequence
-        self.count = count
-        self.largest_uid = largest_uid
-        self.saved = set(session.sel.saved)
-        self._header: bytes | None = None
-        self._message: bytes | None = None
-
-    async def header_values(self, name: str) -> list[str]:
-        if self._header is None:
-            structure = await self.session._structure(self.record)
-            self._header = await self.session.store.blobs.get_range(
-                self.record.blob_key, 0, structure.body.body_start)
-        fields = bodystructure.filter_header_fields(self._header, (name.upper(),))
-        values = []
-        for line in re.split(rb"\r?\n(?![ \t])", fields):
-            if b":" in line:
-                values.append(_header_text(line.split(b":", 1)[1].strip()))
-        return values
-
-    async def matches(self, key: SearchKey) -> bool:
-        name, args, record = key.name, key.args, self.record
-        flags = {f.lower() for f in record.flags}
-        if name == "AND":
-            for child in args:
-                assert isinstance(child, SearchKey)
-                if not await self.matches(child):
-                    return False
-            return True
-        if name == "NOT":
-            return not await self.matches(args[0])  # type: ignore[arg-type]
-        if name == "OR":
-            return await self.matches(args[0]) or await self.matches(args[1])  # type: ignore[arg-type]
-        if name in ("ALL", "OLD"):
-            return True
-        if name in ("RECENT", "NEW"):
-            return False
-        if name in _FLAG_KEYS:
-            flag, present = _FLAG_KEYS[name]
-            return (flag in flags) == present
-        if name in ("KEYWORD", "UNKEYWORD"):
-            return (str(args[0]).lower() in flags) == (name == "KEYWORD")
-        if name in ("SEQUENCE", "UID"):
-            sequence_set = args[0]
-            assert isinstance(sequence_set, SequenceSet)
-            if sequence_set.saved_result:  # RFC 5182: `$` is a set of messages
-                return record.uid in self.saved
-            if name == "SEQUENCE":
-                return sequence_set.contains(self.sequence, self.count)
-            return sequence_set.contains(record.uid, self.largest_uid)
-        if name == "MODSEQ":  # RFC 7162 section 3.1.5; entry names are not kept apart
-            return record.modseq >= int(args[0])  # type: ignore[arg-type]
-        if name in ("OLDER", "YOUNGER"):  # RFC 5032 WITHIN, in seconds
-            age = (_dt.datetime.now(_dt.timezone.utc) - record.internal_date).total_seconds()
-            return age >= int(args[0]) if name == "OLDER" else age <= int(args[0])  # type: ignore[arg-type]
-        if name in ("BODY", "TEXT"):
-            return await self._text_contains(str(args[0]), headers=name == "TEXT")
-        if name == "LARGER":
-            return record.size > int(args[0])  # type: ignore[arg-type]
-        if name == "SMALLER":
-            return record.size < int(args[0])  # type: ignore[arg-type]
-        if name in ("BEFORE", "ON", "SINCE"):
-            # internal date, disregarding time and timezone (RFC 3501 section 6.4.4)
-            return _compare_date(name, record.internal_date.date(), args[0])  # type: ignore[arg-type]
-        if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-            values = await self.header_values("Date")
-            try:
-                sent = email.utils.parsedate_to_datetime(values[0]).date() if values else None
-            except (TypeError, ValueError, IndexError):
-                sent = None
-            return sent is not None and _compare_date(name[4:], sent, args[0])  # type: ignore[arg-type]
-        if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-            return await self._header_contains(name, str(args[0]))
-        if name == "HEADER":
-            return await self._header_contains(str(args[0]), str(args[1]))
-        raise _bad(TEXT_NOT_SUPPORTED)
-
-    async def _text_contains(self, needle: str, *, headers: bool) -> bool:
-        """BODY / TEXT: a case-insensitive substring of the decoded text parts (and the
-        header blocks for TEXT), as RFC 3501 section 6.4.4 allows servers to refine."""
-        if not needle:
-            return True
-        if self._message is None:
-            self._message = await self.session.store.blobs.get(self.record.blob_key)
-        structure = await self.session._structure(self.record)
-        folded = needle.casefold()
-        return any(folded in _unfold(text).casefold()
-                   for text in iter_text(self._message, structure, headers=headers))
-
-    async def _header_contains(self, field_name: str, needle: str) -> bool:
-        values = await self.header_values(field_name)
-        if not needle:  # HEADER name "" matches every message with the field
-            return bool(values)
-        needle = needle.casefold()
-        return any(needle in v.casefold() for v in values)
-
-
 _FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
@@ -1024,35 +814,6 @@ def _shared_flags(flags: frozenset[str]) -> frozenset[str]:
             return flags
         shared = _FLAG_SETS.setdefault(flags, flags)
     return shared
-
-
-def _unfold(text: str) -> str:
-    """Line breaks as single spaces, so a phrase wrapped across lines still matches."""
-    return re.sub(r"\s*\r?\n\s*", " ", text)
-
-
-def _uses_key(key: SearchKey, name: str) -> bool:
-    """Whether the search tree contains key `name`."""
-    if key.name == name:
-        return True
-    return any(isinstance(child, SearchKey) and _uses_key(child, name) for child in key.args)
-
-
-_FLAG_KEYS = {
-    "ANSWERED": ("\\answered", True), "UNANSWERED": ("\\answered", False),
-    "DELETED": ("\\deleted", True), "UNDELETED": ("\\deleted", False),
-    "DRAFT": ("\\draft", True), "UNDRAFT": ("\\draft", False),
-    "FLAGGED": ("\\flagged", True), "UNFLAGGED": ("\\flagged", False),
-    "SEEN": ("\\seen", True), "UNSEEN": ("\\seen", False),
-}
-
-
-def _compare_date(op: str, day: _dt.date, wanted: _dt.date) -> bool:
-    if op == "BEFORE":
-        return day < wanted
-    if op == "ON":
-        return day == wanted
-    return day >= wanted  # SINCE
 
 
 ImapSession.HANDLERS.update({

@@ -168,13 +168,22 @@ class Status:
 
 @dataclass(frozen=True)
 class Append:
-    """APPEND (RFC 3501 6.3.11); ``binary`` is true for a ``~{n}`` literal8 (RFC 3516)."""
+    """APPEND (RFC 3501 6.3.11); ``binary`` is true for a ``~{n}`` literal8 (RFC 3516).
+    ``streamed``: the literal (``size`` octets) was larger than the reader's stream
+    threshold and came as ``LiteralData`` events before this command; ``message`` is
+    then empty."""
 
     mailbox: str
     flags: tuple[str, ...] | None
     internal_date: datetime.datetime | None
     message: bytes
     binary: bool = False
+    streamed: bool = False
+    size: int = -1  #: the literal's octets (len(message) unless streamed)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.message))
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,26 @@ Invariants:
   longer returned or hashed (`Refusal.TOO_BIG`, ``552 5.3.4``).  A refused message
   returns nothing more once it is known to be refused; the caller drops what it got.
 * The first octets returned are `prefix` (the trace headers the server adds); `key` is
-  the SHA-256 (hex) of everything returned, prefix included: the stored blob and its key.
+  the SHA-256 (hex) of everything returned, prefix included: the stored blob and its key
+  (the counting and hashing are `pymail.proto.content.ContentMeter`'s, which APPEND
+  shares).
 * Octets after the end of data (the next pipelined command, RFC 2920) are never decoded;
   they are kept in `trailing`.  `read_limit` tells a reader how many octets it may take
   from its stream without reading past the end of the data.
 
 BDAT (RFC 3030) sends content in counted chunks with no end-of-data line and no dot
 stuffing; a decoder for it would derive from `ContentMeter` (prefix, size limit, hash)
-and skip `DataDecoder`'s line handling, feeding the same sink.
+and skip `DataDecoder`'s line handling, feeding the same sink, as an IMAP APPEND
+literal does.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 
-__all__ = ["ContentMeter", "DataDecoder", "Refusal", "TERMINATOR"]
+from pymail.proto.content import ContentMeter
+
+__all__ = ["DataDecoder", "Refusal", "TERMINATOR"]
 
 #: The end-of-data line with the line end before it (RFC 5321 section 4.1.1.4).
 TERMINATOR = b"\r\n.\r\n"
@@ -56,48 +60,6 @@ class Refusal(enum.Enum):
 
     TOO_BIG = "size_limit"  #: 552 5.3.4
     BARE_LINE_END = "bare_cr_or_lf"  #: 550 5.6.0
-
-
-class ContentMeter:
-    """What every way of receiving content shares: the prefix goes out first, content
-    is counted against the size limit, and everything returned is hashed."""
-
-    def __init__(self, *, prefix: bytes = b"", size_limit: int | None = None) -> None:
-        self.size_limit = size_limit
-        self.prefix_size = len(prefix)
-        #: Content octets received (after unstuffing), without the prefix, even past the limit.
-        self.content_size = 0
-        self.too_big = False
-        self._prefix: bytes | None = prefix
-        self._hash = hashlib.sha256(prefix)
-
-    @property
-    def refusal(self) -> Refusal | None:
-        return Refusal.TOO_BIG if self.too_big else None
-
-    @property
-    def message_size(self) -> int:
-        """Octets of the message as stored: prefix and content."""
-        return self.prefix_size + self.content_size
-
-    @property
-    def key(self) -> str:
-        """Lower-case hex SHA-256 of every octet returned so far (prefix included)."""
-        return self._hash.hexdigest()
-
-    def _emit(self, content: bytes) -> bytes:
-        """Count `content`; return it (after the prefix, the first time) unless the
-        message is refused."""
-        self.content_size += len(content)
-        if not self.too_big and self.size_limit is not None and self.content_size > self.size_limit:
-            self.too_big = True
-        if self.refusal is not None:
-            return b""
-        if content:
-            self._hash.update(content)
-        if self._prefix is not None:
-            content, self._prefix = self._prefix + content, None
-        return content
 
 
 class DataDecoder(ContentMeter):
@@ -117,7 +79,12 @@ class DataDecoder(ContentMeter):
         self._virtual = len(_CRLF)
 
     @property
+    def refused(self) -> bool:
+        return self.too_big or self.bare_line_end
+
+    @property
     def refusal(self) -> Refusal | None:
+        """Why the message is refused, or None."""
         if self.too_big:
             return Refusal.TOO_BIG
         if self.bare_line_end:
@@ -165,4 +132,4 @@ class DataDecoder(ContentMeter):
         if self._virtual:
             skip, self._virtual = min(self._virtual, len(content)), 0
             content = content[skip:]
-        return self._emit(content)
+        return self.take(content)
