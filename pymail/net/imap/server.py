@@ -140,6 +140,7 @@ class ImapConnection(StreamConnection):
                 self.drop_literal()  # the command it belonged to was refused
                 raise
             if isinstance(event, LiteralData):
+                self.current = "APPEND"  # only an APPEND literal streams (for the log)
                 if self.literal is None:
                     assert self.imap.spool is not None
                     self.literal = LiteralSpool(self.imap.spool, event.literal_size)
