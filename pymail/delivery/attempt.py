@@ -41,6 +41,9 @@ class Attempt:
     remote_host: str | None = None  #: "mx.remote.test[127.0.0.2]" (DSN Remote-MTA)
     permanent: bool = False  #: see the module docstring
     tls: str | None = None  #: the TLS outcome logged for the attempt, e.g. "TLSv1.3 verified"
+    #: the next hop advertised DSN and took NOTIFY/ORCPT (RFC 3461 section 4.2): a
+    #: success notice is then its job, not ours ("relayed" otherwise, section 6.2.6)
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:
