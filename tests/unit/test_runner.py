@@ -182,7 +182,7 @@ class Harness:
 
 
 def run(tmp_path: Path, test, *, script=None, delivery: dict | None = None, queue_wrapper=None,
-        poll_seconds: float = 60.0) -> None:
+        poll_seconds: float = 60.0, real_dsn: bool = False) -> None:
     async def main() -> None:
         store = open_store(f"sqlite://{tmp_path / 'i.sqlite3'}", f"file://{tmp_path / 'blobs'}")
         await store.migrate()
@@ -201,7 +201,8 @@ def run(tmp_path: Path, test, *, script=None, delivery: dict | None = None, queu
             queue = queue_wrapper(store.queue) if queue_wrapper else store.queue
             runner = QueueRunner(queue=queue, blobs=store.blobs, sender=sender, pipeline=pipeline,
                                  config=config, clock=clock, owner="node-a:1:test",
-                                 rng=random.Random(1), dsn=dsn, poll_seconds=poll_seconds)
+                                 rng=random.Random(1), dsn=None if real_dsn else dsn,
+                                 poll_seconds=poll_seconds)
             await asyncio.wait_for(test(Harness(store, pipeline, runner, sender, dsn, clock)), 60)
         finally:
             await store.close()
@@ -334,6 +335,41 @@ def test_partial_acceptance_is_recorded_per_recipient_one_dsn_per_event(tmp_path
         assert len(await h.inbox()) == 1
 
     run(tmp_path, test, script=script)
+
+
+def test_the_real_bounce_reaches_the_senders_inbox(tmp_path: Path) -> None:
+    """With pymail.mail.dsn itself: the report alice gets, parsed with the email library."""
+    import email
+    import email.policy
+
+    text = "5.1.1 <nobody@remote.test>: Recipient address rejected: User unknown in virtual mailbox table"
+    script = {"nobody@remote.test": [Reply(550, text, "5.1.1")]}
+
+    async def test(h: Harness) -> None:
+        await h.enqueue("Q1", "nobody@remote.test", "bob@remote.test", envid="ENV-7")
+        await h.round()
+        [raw] = await h.inbox()
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert msg["Return-Path"] == "<>"
+        assert msg["From"] == "Mail Delivery System <MAILER-DAEMON@mx.example.test>"
+        assert msg["To"].addresses[0].addr_spec == "alice@example.test"
+        assert msg["Auto-Submitted"] == "auto-generated"
+        assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+        assert msg.get_content_type() == "multipart/report"
+        assert msg.get_param("report-type") == "delivery-status"
+        human, status, headers = msg.get_payload()
+        assert f"550 {text}" in human.get_content()
+        per_message, per_recipient = status.get_payload()
+        assert per_message["Reporting-MTA"] == "dns; mx.example.test"
+        assert per_message["Original-Envelope-Id"] == "ENV-7"
+        assert (per_recipient["Final-Recipient"], per_recipient["Action"], per_recipient["Status"],
+                per_recipient["Remote-MTA"], per_recipient["Diagnostic-Code"]) == (
+            "rfc822; nobody@remote.test", "failed", "5.1.1", "dns; mx.remote.test",
+            f"smtp; 550 {text}")
+        assert headers.get_content_type() == "text/rfc822-headers"
+        assert "Subject: hi" in headers.get_payload()
+
+    run(tmp_path, test, script=script, real_dsn=True)
 
 
 def test_a_permanent_result_is_stored_before_the_dsn_is_built(tmp_path: Path) -> None:
