@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from pymail.delivery.pipeline import Pipeline
     from pymail.store.interfaces import BlobStore
 
-__all__ = ["Outcome", "QueueRunner", "decide", "dsn_status", "new_owner", "notice_action", "wants"]
+__all__ = ["Outcome", "QueueRunner", "decide", "diagnostic", "dsn_status", "new_owner", "notice_action", "wants"]
 
 log = logging.getLogger("pymail.delivery.queue")
 
@@ -181,15 +181,20 @@ def decide(message: QueuedMessage, state: RecipientState, attempt: Attempt, *,
     return Outcome(state, attempt, result, notice)
 
 
-def _diagnostic(attempt: Attempt, state: RecipientState) -> str | None:
-    """The reply quoted in the DSN: the remote's, code and full text; our own words
-    when no server replied."""
+def diagnostic(attempt: Attempt, state: RecipientState) -> str | None:
+    """The reply quoted in the DSN as the remote sent it (RFC 5321 section 4.2: every
+    line with its code, ``-`` after the code on all but the last), or our own words when
+    no server replied."""
     code, text = attempt.code, attempt.text
     if not code and not text:  # (an expiry without any reply: use the last one kept)
         code, text = state.reply_code or 0, state.reply_text or ""
     if not text:
         return str(code) if code else None
-    return f"{code} {text}" if code else text
+    if not code:
+        return text
+    lines = text.split("\n")
+    return "\n".join(f"{code}{'-' if n < len(lines) - 1 else ' '}{line}"
+                     for n, line in enumerate(lines))
 
 
 def _remote_mta(host: str | None) -> str | None:
@@ -527,7 +532,7 @@ class QueueRunner:
             action=action,
             status=dsn_status(o.attempt, o.result.status),
             remote_mta=_remote_mta(o.attempt.remote_host or o.state.remote_host),
-            diagnostic=_diagnostic(o.attempt, o.state),
+            diagnostic=diagnostic(o.attempt, o.state),
             last_attempt=o.result.at,
             will_retry_until=message.expires_at if action == "delayed" else None,
         ) for o in group]

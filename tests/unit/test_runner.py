@@ -21,7 +21,7 @@ from pymail.config.schema import Config
 from pymail.delivery.attempt import Attempt
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
-from pymail.delivery.runner import QueueRunner, dsn_status
+from pymail.delivery.runner import QueueRunner, diagnostic, dsn_status
 from pymail.store import Delivery, StorageError, open_store
 from pymail.store.queue import (
     QueuedMessage,
@@ -469,6 +469,18 @@ def test_dsn_status_keeps_the_remote_code_in_its_class() -> None:
     assert dsn_status(Attempt(1, 450, "x"), S.QUEUED) == "4.0.0"
     assert dsn_status(Attempt(1, 0, "x", enhanced="4.4.1"), S.EXPIRED) == "5.4.7"
     assert dsn_status(Attempt(1, 250, "x"), S.DELIVERED) == "2.0.0"
+
+
+def test_the_diagnostic_quotes_a_multiline_reply_as_sent() -> None:
+    state = RecipientState(1, QueuedRecipient("x@remote.test", "remote.test"), S.QUEUED, 0, T0)
+    lines = "5.7.1 Rejected\n5.7.1 see https://remote.test/why"
+    assert diagnostic(Attempt(1, 550, lines), state) == (
+        "550-5.7.1 Rejected\n550 5.7.1 see https://remote.test/why")
+    assert diagnostic(Attempt(1, 550, "5.1.1 unknown"), state) == "550 5.1.1 unknown"
+    assert diagnostic(Attempt(1, 0, "connect to mx.remote.test: refused"), state) == (
+        "connect to mx.remote.test: refused")
+    kept = RecipientState(1, state.recipient, S.QUEUED, 3, T0, reply_code=451, reply_text="4.3.0 busy")
+    assert diagnostic(Attempt(1, 0, ""), kept) == "451 4.3.0 busy"
 
 
 # --------------------------------------------------------------------------- the loop
