@@ -349,7 +349,12 @@ class QueueRunner:
         count = 0
         for claim in claims:
             count += len(claim.entry.recipients)
-            await self._dispatch(claim, now)
+            try:
+                await self._dispatch(claim, now)
+            except Exception as e:  # noqa: BLE001 - the other claims still go out
+                # what was not started stays leased to us until the lease runs out
+                log.warning("%s: cannot dispatch (its recipients are tried again when the "
+                            "lease ends): %s", claim.entry.message.queue_id, e)
         return count >= free
 
     async def drain(self) -> None:
