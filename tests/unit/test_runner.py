@@ -594,6 +594,35 @@ def test_a_storage_error_backs_off_and_the_loop_goes_on(tmp_path: Path) -> None:
     run(tmp_path, test, queue_wrapper=lambda q: FlakyQueue(q, 1), poll_seconds=0.05)
 
 
+class FlakyRecord:
+    """The real queue, whose first `failures` records raise StorageError."""
+
+    def __init__(self, inner, failures: int) -> None:
+        self.inner, self.failures, self.records = inner, failures, 0
+
+    async def record(self, owner, results):
+        self.records += 1
+        if self.records <= self.failures:
+            raise StorageError("disk I/O error")
+        return await self.inner.record(owner, results)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_result_that_cannot_be_stored_at_first_is_stored_on_a_retry(tmp_path: Path) -> None:
+    script = {"nobody@remote.test": [Reply(550, "5.1.1 unknown", "5.1.1")]}
+
+    async def test(h: Harness) -> None:
+        await h.enqueue("Q1", "nobody@remote.test")
+        await h.round()
+        assert h.runner.queue.records == 2
+        assert (await h.states("Q1"))["nobody@remote.test"].status is S.FAILED
+        assert len(h.dsn.built) == 1
+
+    run(tmp_path, test, script=script, queue_wrapper=lambda q: FlakyRecord(q, 1))
+
+
 def test_a_sender_that_raises_is_a_temporary_failure(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         async def broken(*args):
