@@ -344,12 +344,8 @@ class Worker:
         assert self.store is not None and self.pipeline is not None
         if self.store.queue is None:
             return
-        try:
-            from pymail.delivery.remote import RemoteDelivery
-        except ImportError:  # (until remote delivery lands on main)
-            log.warning("remote delivery is not available: the outbound queue is not drained")
-            return
         from pymail.delivery.pipeline import now_utc
+        from pymail.delivery.remote import RemoteDelivery
 
         sender = RemoteDelivery(config=self.config, resolver=resolver_from_config(self.config.dns),
                                 clock=now_utc)

@@ -489,20 +489,21 @@ class QueueRunner:
                 delay *= 2
 
     def _log(self, message: QueuedMessage, o: Outcome) -> None:
-        """One line per recipient per attempt: queue id, recipient, MX, TLS, reply."""
+        """What the queue made of an attempt.  The attempt's own line (queue id,
+        recipient, MX, TLS, reply) is the sender's; here only an expiry is worth a line
+        of its own at INFO (the sender said "deferred", the queue gives up)."""
         a, r = o.attempt, o.result
         result = {RecipientStatus.DELIVERED: "delivered", RecipientStatus.FAILED: "failed",
                   RecipientStatus.EXPIRED: "expired", RecipientStatus.QUEUED: "deferred"}[r.status]
         metrics.DELIVERY_ATTEMPTS.labels(result).inc()
-        reply = " ".join(a.text.splitlines()) if a.text else ""
-        if a.code:
-            reply = f"{a.code} {reply}"
-        retry = ""
-        if r.next_attempt is not None:
-            retry = f" next={r.next_attempt:%Y-%m-%dT%H:%M:%SZ}"
-        log.info("%s: to=<%s> relay=%s tls=%s attempt=%d status=%s%s (%s)",
-                 message.queue_id, o.state.recipient.address, a.remote_host or "none",
-                 a.tls or "none", o.state.attempts + 1, result, retry, reply)
+        if r.status is RecipientStatus.EXPIRED:
+            log.info("%s: to=<%s>, status=expired after %d attempts since %s (%s)",
+                     message.queue_id, o.state.recipient.address, o.state.attempts + 1,
+                     f"{message.created_at:%Y-%m-%dT%H:%M:%SZ}", " ".join(a.text.split()))
+        elif r.next_attempt is not None:
+            log.debug("%s: to=<%s>, attempt %d, next at %s", message.queue_id,
+                      o.state.recipient.address, o.state.attempts + 1,
+                      f"{r.next_attempt:%Y-%m-%dT%H:%M:%SZ}")
 
     # ------------------------------------------------------------------ notices
 
