@@ -104,7 +104,9 @@ class RelaxedBodyHash:
             self._blank += ending
 
     def digest(self) -> bytes:
-        rest = _WSP.sub(b" ", self._rest).rstrip(b" \t")
+        # a last line without CRLF (not from SMTP, whose DATA ends in CRLF): its
+        # white space compressed, not removed, and a CRLF added, as dkimpy does
+        rest = _WSP.sub(b" ", self._rest)
         if rest:
             self._hash.update(b"\r\n" * self._blank + rest + b"\r\n")
         elif self._any:

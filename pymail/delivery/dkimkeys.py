@@ -7,10 +7,14 @@ Layout (``[dkim] key_dir``, default ``data_dir/dkim``)::
       example.org/                mode 0700
         mail.rsa.pem              PKCS#8 PEM, mode 0600: selector "mail", RSA
         2027.rsa.pem              a second selector (rotation)
-        mail.ed25519.pem          selector "mail", Ed25519 (a second signature)
+        mail-ed25519.ed25519.pem  an Ed25519 key (a second signature)
+
+A selector names one DNS record (``SELECTOR._domainkey.DOMAIN``), so it names one key:
+an RSA and an Ed25519 key never share a selector (keygen refuses; if two files do, the
+Ed25519 one is reported and does not sign).
 
 Which key signs, per domain and algorithm: the one whose selector is ``[dkim]
-selector`` when the domain has it, else the newest file (its modification time; ties by
+selector`` when the domain has it, else the newest file of that algorithm (its modification time; ties by
 name).  So rotating is: `pymail dkim keygen DOMAIN --selector NEW`, publish its record,
 then make it sign (set ``[dkim] selector = "NEW"``, or remove the old file once no
 domain uses the configured selector); keep the old record published a few days for
@@ -26,7 +30,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +135,11 @@ def domain_keys(key_dir: Path, domain: str) -> list[DkimKey]:
         m = _FILE.match(name)
         if m:
             keys.append(_load(domain.lower(), m["selector"], m["algorithm"], folder / name))
+    rsa_selectors = {k.selector for k in keys if k.algorithm == "rsa"}
+    keys = [k if k.algorithm == "rsa" or k.selector not in rsa_selectors or k.error
+            else replace(k, error="its selector is also the RSA key's: one DNS record "
+                         "publishes one key (give it another selector)")
+            for k in keys]
     return sorted(keys, key=lambda k: (k.algorithm != "rsa", k.selector))
 
 
@@ -173,6 +182,10 @@ def generate_key(key_dir: Path, domain: str, selector: str, *, algorithm: str = 
     path = folder / f"{selector}.{algorithm}.pem"
     if path.exists() and not force:
         raise KeyExists(f"{path} exists (use --force to replace it)")
+    other = folder / f"{selector}.{'ed25519' if algorithm == 'rsa' else 'rsa'}.pem"
+    if other.exists():
+        raise KeyExists(f"selector {selector!r} is taken by {other.name}: one DNS record "
+                        "publishes one key, choose another selector")
     key: Any = (rsa.generate_private_key(public_exponent=65537, key_size=bits)
                 if algorithm == "rsa" else ed25519.Ed25519PrivateKey.generate())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
