@@ -177,7 +177,7 @@ def generate_key(key_dir: Path, domain: str, selector: str, *, algorithm: str = 
         raise ValueError(f"invalid selector {selector!r} (letters, digits, '-', '.', '_')")
     folder = key_dir / domain.lower()
     for d in (key_dir, folder):
-        d.mkdir(mode=0o700, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(d, 0o700)
     path = folder / f"{selector}.{algorithm}.pem"
     if path.exists() and not force:
