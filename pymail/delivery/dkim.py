@@ -13,8 +13,9 @@ What a signature is made of:
   no second From or Subject can be slipped in above ours), the fields of `SIGNED_ONCE`
   as often as they occur (lists add their List-* fields: not oversigned, as maddy).
 
-The work split: dkimpy parses the header (`rfc822_parse`), canonicalises it
-(`Relaxed`) and picks the instances `h=` names (`select_headers`); the body is
+The work split: pymail.mail.headers splits the header into its raw fields (a header
+with a stray line is not signed), dkimpy canonicalises them (`Relaxed`) and picks the
+instances `h=` names (`select_headers`); the body is
 canonicalised here in a streaming pass (a 50 MB message is hashed in 1 MB pieces, never
 held whole; `test_dkim.py` checks it equals dkimpy's), and the RSA/Ed25519 operation is
 OpenSSL's through `cryptography`: dkimpy's own RSA is pure Python, about ten times
@@ -45,6 +46,7 @@ import dkim
 from dkim.canonicalization import Relaxed
 
 from pymail.delivery.dkimkeys import ALGORITHMS, DkimKey, domain_keys, signing_keys
+from pymail.mail.headers import HeaderBlock, parse_header
 
 if TYPE_CHECKING:
     from pymail.config.schema import Config
@@ -167,7 +169,7 @@ def _fold_tags(tags: list[tuple[str, str]]) -> str:
 def sign_message(headers: list[tuple[bytes, bytes]], body_hash: bytes, domain: str,
                  keys: list[DkimKey], *, now: float) -> bytes:
     """The DKIM-Signature fields (one per key, CRLF-terminated) for a message whose
-    parsed header is `headers` (dkimpy's `rfc822_parse` pairs) and whose relaxed body
+    header is `headers` ((name, raw value) pairs, `HeaderBlock.pairs`) and whose relaxed body
     hash is `body_hash`."""
     names = _header_names(headers)
     canonical = Relaxed.canonicalize_headers(headers)
@@ -260,49 +262,40 @@ class DkimSigner:
         body = RelaxedBodyHash()
         try:
             if data is not None:
-                head, offset = _split(data[:MAX_HEADER + 4])
-                if head is None:
-                    log.warning("DKIM: not signing for %s: no end of header in %d octets",
-                                domain, MAX_HEADER)
+                header = self._header(data[:MAX_HEADER + 4], domain)
+                if header is None:
                     return None
-                body.update(data[offset:])
+                body.update(data[header.body_start:])
             else:
                 assert path is not None
                 with open(path, "rb") as f:
-                    head, offset = _split(f.read(MAX_HEADER + 4))
-                    if head is None:
-                        log.warning("DKIM: not signing for %s: no end of header in %d octets",
-                                    domain, MAX_HEADER)
+                    header = self._header(f.read(MAX_HEADER + 4), domain)
+                    if header is None:
                         return None
-                    f.seek(offset)
+                    f.seek(header.body_start)
                     while chunk := f.read(_CHUNK):
                         body.update(chunk)
-            headers, _ = dkim.rfc822_parse(head + b"\r\n")
-        except dkim.MessageFormatError as e:
-            log.warning("DKIM: not signing for %s: %s", domain, e)
-            return None
         except OSError as e:
             log.error("DKIM: not signing for %s: cannot read %s: %s", domain, path, e.strerror or e)
             return None
-        if not any(name.strip().lower() == b"from" for name, _ in headers):
+        if header.get("From") is None:
             return None
-        return sign_message(headers, body.digest(), domain, keys, now=self.clock())
+        return sign_message(header.pairs(), body.digest(), domain, keys, now=self.clock())
 
-
-def _split(head: bytes) -> tuple[bytes | None, int]:
-    """(the header block through its last line's CRLF, the body's offset); (None, 0)
-    when `head` holds no end of header."""
-    if head.startswith(b"\r\n"):
-        return b"", 2
-    end = head.find(b"\r\n\r\n")
-    if end >= 0:
-        return head[: end + 2], end + 4
-    end = head.find(b"\n\n")
-    if end >= 0:
-        return head[: end + 1], end + 2
-    if len(head) <= MAX_HEADER:  # a message that is all header
-        return head, len(head)
-    return None, 0
+    @staticmethod
+    def _header(head: bytes, domain: str) -> HeaderBlock | None:
+        """The parsed header of a message that starts with `head`, or None (logged) when
+        it is not one verifiers would read as we do."""
+        header = parse_header(head)
+        if not header.clean:
+            log.warning("DKIM: not signing for %s: a malformed header line at offset %d",
+                        domain, header.fields_end)
+            return None
+        if header.body_start == len(head) and len(head) > MAX_HEADER:
+            log.warning("DKIM: not signing for %s: no end of header in %d octets",
+                        domain, MAX_HEADER)
+            return None
+        return header
 
 
 def signer_from_config(config: Config) -> DkimSigner | None:
