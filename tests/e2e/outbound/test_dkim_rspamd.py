@@ -84,3 +84,29 @@ def test_rspamd_rejects_a_change_after_signing(internet: Internet, keys: Path, s
     changed = MESSAGE.replace(b"signed by pymail", b"signed by someone")
     result = scan(internet, signature + changed)
     assert result.has("R_DKIM_REJECT") and not result.has("R_DKIM_ALLOW"), result
+
+
+def test_rspamd_verifies_a_signed_dsn(internet: Internet, tmp_path: Path, selector: str) -> None:
+    """pymail's own bounce, signed for its host name (From MAILER-DAEMON@mail.example.test)
+    as the pipeline signs it, with a UTF-8 original attached."""
+    import datetime as dt
+
+    from pymail.mail.dsn import DsnRecipient, build_dsn
+
+    key_dir = tmp_path / "dkim"
+    key = generate_key(key_dir, PYMAIL_HOSTNAME, selector)
+    internet.add_records("example.test", dns_record(key))
+    now = dt.datetime.now(dt.timezone.utc)
+    original = "From: Jörg <alice@example.test>\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode()
+    dsn = build_dsn(reporting_mta=PYMAIL_HOSTNAME, original_sender="alice@example.test",
+                    recipients=[DsnRecipient("nobody@remote.test", None, "failed", "5.1.1",
+                                             "mx.remote.test", "550 5.1.1 <nobody@remote.test>: "
+                                             "Recipient address rejected", now)],
+                    original=original, ret="FULL", envid=None, arrival=now, now=now,
+                    queue_id="ABCDEF0123", size_limit=50_000)
+    signature = DkimSigner(key_dir, selector=selector).sign(dsn, None, PYMAIL_HOSTNAME)
+    assert signature is not None
+    result = internet.rspamd.check(signature + dsn, ip=PYMAIL_ADDRESS, helo=PYMAIL_HOSTNAME,
+                                   hostname=PYMAIL_HOSTNAME, mail_from="", rcpt="alice@example.test")
+    assert result.symbols.get("R_DKIM_ALLOW", {}).get("options") == \
+        [f"{PYMAIL_HOSTNAME}:s={selector}"], result
