@@ -68,6 +68,7 @@ SIGNED_ONCE = ("list-id", "list-help", "list-unsubscribe", "list-unsubscribe-pos
                "resent-message-id", "auto-submitted", "content-language", "autocrypt")
 MAX_HEADER = 256 * 1024  #: a header block larger than this is not signed
 _CHUNK = 1024 * 1024
+_DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9])?")
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
 _SPACES = re.compile(rb"  +")
 _WSP = re.compile(rb"[ \t]+")
@@ -225,7 +226,12 @@ class DkimSigner:
     def keys_for(self, domain: str) -> list[DkimKey]:
         """The keys that sign for `domain`, reloaded when its files changed."""
         domain = domain.lower().rstrip(".")
-        if not domain or "/" in domain or domain.startswith("."):
+        if not domain.isascii():  # a U-label From domain: its key is under the A-label
+            try:
+                domain = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                return []
+        if not _DOMAIN.fullmatch(domain):  # never a path outside key_dir, nor a NUL
             return []
         folder = self.key_dir / domain
         try:
@@ -280,7 +286,8 @@ class DkimSigner:
             return None
         if header.get("From") is None:
             return None
-        return sign_message(header.pairs(), body.digest(), domain, keys, now=self.clock())
+        # d= is the key's domain: lower case, A-labels (RFC 6376 section 3.5)
+        return sign_message(header.pairs(), body.digest(), keys[0].domain, keys, now=self.clock())
 
     @staticmethod
     def _header(head: bytes, domain: str) -> HeaderBlock | None:

@@ -162,6 +162,8 @@ def test_no_key_no_from_or_no_header_end_means_unsigned(key_dir: Path) -> None:
     signer = DkimSigner(key_dir)
     assert signer.sign(MESSAGE, None, "other.test") is None
     assert signer.sign(MESSAGE, None, "../example.test") is None
+    assert signer.sign(MESSAGE, None, "example.test\x00") is None
+    assert signer.sign(MESSAGE, None, "..") is None
     assert signer.sign(b"Subject: no from\r\n\r\nbody\r\n", None, "example.test") is None
     assert signer.sign(b"X-Long: " + b"y" * 300_000, None, "example.test") is None
     assert signer.sign(b"From: a@example.test\r\n\x01bad header\r\n\r\nx\r\n", None,
@@ -191,6 +193,14 @@ def test_keys_reload_when_files_change(tmp_path: Path) -> None:
     (tmp_path / "example.test" / "mail.rsa.pem").unlink()
     assert [(k.selector, k.algorithm) for k in signer.keys_for("example.test")] == \
         [("first", "rsa"), ("ed", "ed25519")]
+
+
+def test_a_u_label_from_domain_signs_with_the_a_label_key(tmp_path: Path) -> None:
+    generate_key(tmp_path, "xn--bcher-kva.test", "mail", bits=1024)
+    signer = DkimSigner(tmp_path)
+    assert [k.domain for k in signer.keys_for("Bücher.test")] == ["xn--bcher-kva.test"]
+    sig = signer.sign(MESSAGE, None, "Bücher.test")
+    assert sig is not None and b"d=xn--bcher-kva.test;" in sig
 
 
 def test_rsa_and_ed25519_never_share_a_selector(tmp_path: Path) -> None:
