@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
+from pymail.delivery.dkim import signer_from_config
 from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
@@ -213,10 +214,10 @@ class Worker:
         limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
                                     rate_per_minute=cfg.limits.connection_rate_per_ip)
         self.limiter = limiter if limiter.enabled else None
-        # One pipeline for every way mail arrives (MX, submission, pymail's bounces).
-        # (The DKIM signer, pymail.delivery.dkim, plugs in as `signer`.)
+        # One pipeline for every way mail arrives (MX, submission, pymail's bounces);
+        # outbound copies are DKIM-signed with the keys of [dkim] key_dir.
         self.pipeline = Pipeline(store=self.store, router=Router(self.store.directory),
-                                 signer=None, config=cfg)
+                                 signer=signer_from_config(cfg), config=cfg)
         # IMAP APPEND's delivery path (blob, then index), and one spool for all: message
         # content over limits.spool_threshold (DATA, an APPEND literal) waits in files
         # there while it arrives (made 0700 and emptied of a previous run's files by
