@@ -1,13 +1,19 @@
 # PLACEHOLDER until out-tls lands (replaced by its policy.py at merge): opportunistic only.
 from __future__ import annotations
+import functools
 import ssl
 from dataclasses import dataclass
 
 
+# Built once: ssl.create_default_context loads the system CA bundle, ~50 ms of CPU on the
+# event loop per call -- per delivery attempt it capped outbound at ~17 msgs/s
+# (benchmarks/outbound.py).  An SSLContext serves any number of connections.
+@functools.lru_cache(maxsize=None)
 def pkix_context() -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
 
 
+@functools.lru_cache(maxsize=None)
 def _opportunistic() -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.check_hostname = False
