@@ -109,6 +109,7 @@ class Row:
     sent: int
     errors: dict[str, int]
     at_sink: int
+    signed: int  #: messages at the sink with a DKIM-Signature header
     duplicates: int
     lost: int
     wall_seconds: float
@@ -242,6 +243,7 @@ def run_row(*, dkim: bool, domains: int, args: argparse.Namespace, dns_port: int
         time.sleep(0.3)  # the last dump file is closed
         cpu1, own1, t1 = cpu_seconds_tree(pid), own_cpu_seconds(), time.time()
         received = sink.received()
+        signed = sum(1 for m in received if b"\nDKIM-Signature:" in m.path.read_bytes()[:8192])
     finally:
         server.stop()
         sink.stop()
@@ -255,7 +257,7 @@ def run_row(*, dkim: bool, domains: int, args: argparse.Namespace, dns_port: int
     cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
     return Row(
         dkim=dkim, domains=domains, count=args.count, concurrency=args.concurrency, sent=sent,
-        errors=dict(errors), at_sink=len(received),
+        errors=dict(errors), at_sink=len(received), signed=signed,
         duplicates=sum(len(v) - 1 for v in by_id.values()),
         lost=sum(1 for mid in queued if mid not in by_id),
         wall_seconds=wall, msgs_per_second=len(latencies) / wall,
@@ -296,10 +298,10 @@ def fmt(v: Any, digits: int = 1) -> str:
 
 
 def render(rows: list[Row], inbound: dict[str, Any] | None) -> str:
-    head = ["dkim", "domains", "msgs", "at sink", "dup", "lost", "err", "msgs/s", "submit/s",
+    head = ["dkim", "domains", "msgs", "at sink", "signed", "dup", "lost", "err", "msgs/s", "submit/s",
             "q->remote p50 ms", "p99 ms", "max ms", "srv cpu ms/msg", "srv cores", "cli cores"]
     body = [[("on" if r.dkim else "off"), str(r.domains), str(r.sent), str(r.at_sink),
-             str(r.duplicates), str(r.lost), str(sum(r.errors.values())), fmt(r.msgs_per_second),
+             str(r.signed), str(r.duplicates), str(r.lost), str(sum(r.errors.values())), fmt(r.msgs_per_second),
              fmt(r.submit_per_second), fmt(r.latency_ms["p50"]), fmt(r.latency_ms["p99"]),
              fmt(r.latency_ms["max"]), fmt(r.server_cpu_ms_per_message, 2), fmt(r.server_cores, 2),
              fmt(r.client_cores, 2)] for r in rows]
@@ -370,7 +372,7 @@ def _main(args: argparse.Namespace) -> int:
         "git_revision": git_revision(), "rows": [asdict(r) for r in rows], "inbound": inbound,
     }, indent=2) + "\n")
     print(f"  JSON: {json_path}")
-    return 1 if any(r.lost or r.errors for r in rows) else 0
+    return 1 if any(r.lost or r.errors or (r.dkim and r.signed < r.at_sink) for r in rows) else 0
 
 
 if __name__ == "__main__":
