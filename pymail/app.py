@@ -28,6 +28,7 @@ from pathlib import Path
 from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
+from pymail.delivery.dkim import signer_from_config
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
@@ -201,10 +202,9 @@ class Worker:
                                     rate_per_minute=cfg.limits.connection_rate_per_ip)
         self.limiter = limiter if limiter.enabled else None
         # One pipeline for every way mail arrives (MX, submission, IMAP APPEND, pymail's
-        # bounces).
-        # (The DKIM signer, pymail.delivery.dkim, plugs in as `signer`.)
+        # bounces); outbound copies are DKIM-signed with the keys of [dkim] key_dir.
         self.pipeline = Pipeline(store=self.store, router=Router(self.store.directory),
-                                 signer=None, config=cfg)
+                                 signer=signer_from_config(cfg), config=cfg)
         # One spool for all: message content over limits.spool_threshold (DATA, an APPEND
         # literal) waits in files there while it arrives (made 0700 and emptied of a
         # previous run's files by `serve`, before any worker starts).

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import email.parser
 import errno
 import email.utils
 import hashlib
@@ -90,6 +89,7 @@ from pymail.delivery.transaction import (
     Transaction,
 )
 from pymail.mail import trace
+from pymail.mail.headers import parse_header
 from pymail.proto.smtp.replies import Reply
 from pymail.store.interfaces import BlobFileStore, Delivery, DeliveryTarget, Stored, User
 from pymail.store.queue import QueuedMessage, QueuedRecipient
@@ -454,11 +454,10 @@ def from_domain(header_block: bytes) -> str | None:
     """The domain of the one address in the one From field of a header block, lower
     case; None if there is not exactly one."""
     try:
-        parsed = email.parser.BytesHeaderParser().parsebytes(header_block)
-        values = parsed.get_all("From") or []
+        values = parse_header(header_block).get_all("From")
         if len(values) != 1:
             return None
-        found = [a for _, a in email.utils.getaddresses([str(values[0])]) if a]
+        found = [a for _, a in email.utils.getaddresses([values[0].value]) if a]
     except Exception:  # noqa: BLE001 - malformed headers: nothing to sign for
         return None
     if len(found) != 1 or "@" not in found[0]:
