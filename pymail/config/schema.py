@@ -738,12 +738,14 @@ class DkimConfig(_Section):
     selector: str = Field(
         default="mail",
         pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
-        description="Selector `pymail dkim keygen` uses when none is given.",
+        description="The selector that signs for a domain that has a key with it (else "
+        "the domain's newest key signs), and the one `pymail dkim keygen` uses when none "
+        "is given (Ed25519 keys: SELECTOR-ed25519).",
     )
     key_dir: Path | None = Field(
         default=None,
         description="Where the keys live: key_dir/DOMAIN/SELECTOR.{rsa,ed25519}.pem (mode "
-        "0600). Default: data_dir/dkim.",
+        "0600), re-read when they change. Default: data_dir/dkim.",
     )
 
 
