@@ -33,7 +33,6 @@ from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
 from pymail.delivery.dkim import signer_from_config
-from pymail.delivery.local import LocalDeliverer
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
@@ -214,15 +213,13 @@ class Worker:
         limiter = ConnectionLimiter(cfg.limits.connections_per_ip,
                                     rate_per_minute=cfg.limits.connection_rate_per_ip)
         self.limiter = limiter if limiter.enabled else None
-        # One pipeline for every way mail arrives (MX, submission, pymail's bounces);
-        # outbound copies are DKIM-signed with the keys of [dkim] key_dir.
+        # One pipeline for every way mail arrives (MX, submission, IMAP APPEND, pymail's
+        # bounces); outbound copies are DKIM-signed with the keys of [dkim] key_dir.
         self.pipeline = Pipeline(store=self.store, router=Router(self.store.directory),
                                  signer=signer_from_config(cfg), config=cfg)
-        # IMAP APPEND's delivery path (blob, then index), and one spool for all: message
-        # content over limits.spool_threshold (DATA, an APPEND literal) waits in files
-        # there while it arrives (made 0700 and emptied of a previous run's files by
-        # `serve`, before any worker starts).
-        deliverer = LocalDeliverer(self.store.blobs, self.store.index)
+        # One spool for all: message content over limits.spool_threshold (DATA, an APPEND
+        # literal) waits in files there while it arrives (made 0700 and emptied of a
+        # previous run's files by `serve`, before any worker starts).
         spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
         handler = MxHandler(
             pipeline=self.pipeline,
@@ -300,7 +297,7 @@ class Worker:
                                              cfg.limits.mailbox_depth),
                 fetch_sections=cfg.limits.fetch_sections,
                 spool=spool,
-                deliverer=deliverer,
+                pipeline=self.pipeline,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s

@@ -22,8 +22,8 @@ Two steps, both over a `Transaction` (pymail.delivery.transaction):
      reversed and the bounce forwarded to the original sender; a forged or expired one
      routes like any unknown address (``550 5.1.1``).
 
-2. `Pipeline.deliver` after DATA: the blob(s) first -- the local copy (the content as
-   received, trace headers included) and the outbound copy (the same content without
+2. `Pipeline.deliver` after DATA (or an APPEND literal): the blob(s) first -- the local
+   copy (the content as received, trace headers included) and the outbound copy (the same content without
    the Return-Path, which only final delivery adds, RFC 5321 section 4.4; with the DKIM
    signature on top when it is signed) -- then ONE `Index.deliver` with the mailbox rows
    and the queue rows.  Its return means both are durable: the caller replies only then
@@ -31,6 +31,13 @@ Two steps, both over a `Transaction` (pymail.delivery.transaction):
    indexed (an orphan blob at most, for the sweeper).  Forwarded copies whose sender SRS
    rewrote are queued as a message of their own (a queue row has one sender), in the
    same transaction.
+
+IMAP APPEND (pymail.net.imap.append) skips step 1: its one `LocalTarget` is the
+user's own mailbox, with the flags and internal date the client gave.  `deliver` adds
+no header to any content (the MX writes Return-Path and Received into the spool before
+the content), so an appended message is stored exactly as appended (RFC 3501 section
+6.3.11).  The quota and free-space refusals are the command's (``NO [OVERQUOTA]``),
+before `deliver`; a `StorageError` out of it is ``NO [UNAVAILABLE]``.
 
 Signing (`Signer`, implemented by pymail.delivery.dkim): the outbound copy of mail from
 an authenticated user whose header From is in the user's domain or the envelope
@@ -43,7 +50,8 @@ fixes.  (ARC is the mechanism for forwarders, later.)
 Seams left for later work (not built here):
 * the inbound checks (SPF, DKIM, DMARC, Rspamd, ClamAV) run between the transaction and
   its targets: in `deliver`, before the blobs are written, a verdict may drop targets,
-  add an Authentication-Results field or file LocalTargets into Junk;
+  add an Authentication-Results field or file LocalTargets into Junk (not for an
+  APPEND, ``client.service == "imap"``: the user's own copy, stored as given);
 * Sieve turns a user's `LocalTarget` (made in `_local_targets`) into fileinto/flag
   targets.
 
@@ -68,7 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from pymail.delivery.local import _structure_json_of_file, structure_json
+from pymail.delivery.local import structure_json, structure_json_of_file
 from pymail.delivery.router import NextHop, RecipientStatus, Router
 from pymail.delivery.spool import SPOOL_PREFIX, MessageContent, SpoolError
 from pymail.delivery.srs import SenderRewriter, is_srs_address
@@ -295,6 +303,9 @@ class Pipeline:
         if not local and not remote:
             raise ValueError(f"{txn.queue_id}: no targets")
         # (the inbound checks' seam: a verdict changes `local`/`remote` here)
+        dates = {t.internal_date or txn.received_at for t in local.values()}
+        if len(dates) > 1:
+            raise ValueError(f"{txn.queue_id}: local targets with different internal dates")
         local_key, structure = None, ""
         if local:
             local_key, structure = await self._store_blob(message, parse=True)
@@ -307,7 +318,7 @@ class Pipeline:
         stored = await self.store.index.deliver(Delivery(
             blob_key=local_key or outbound_key or "",
             size=message.size if local else outbound_size,
-            internal_date=txn.received_at,
+            internal_date=dates.pop() if dates else txn.received_at,
             structure=structure,
             targets=tuple(DeliveryTarget(t.user_id, t.mailbox, t.flags) for t in local.values()),
             queued=tuple(queued),
@@ -359,7 +370,7 @@ class Pipeline:
         if message.path is not None:
             structure = ""
             if parse:
-                structure = await asyncio.to_thread(_structure_json_of_file, message.path)
+                structure = await asyncio.to_thread(structure_json_of_file, message.path)
             if self._file_blobs is not None:
                 key = await self._file_blobs.put_file(message.path, message.key)
             else:  # a backend without the capability (none of pymail's): read whole

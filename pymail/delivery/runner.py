@@ -89,6 +89,8 @@ BUSY_SECONDS = 2.0
 STORAGE_RETRY_SECONDS = 60.0
 #: The loop's backoff after a storage error: doubling from 1 s up to this.
 MAX_BACKOFF_SECONDS = 30.0
+#: A transaction is cut off this long before its lease ends (see `send_timeout`).
+LEASE_MARGIN_SECONDS = 60.0
 #: Tries of one `record` (or one DSN submission) before it is given up and logged.
 PERSIST_TRIES = 5
 
@@ -240,6 +242,11 @@ class QueueRunner:
         self._concurrency = config.delivery.concurrency
         self._per_domain = config.delivery.per_domain
         self._lease = _dt.timedelta(seconds=config.delivery.lease)
+        #: the longest one transaction may take: it must end while the lease holds, or
+        #: another node could deliver the same recipients at the same time (RFC 5321's
+        #: timeouts alone add up to more than the default lease for a tarpitting server)
+        self.send_timeout = max(config.delivery.lease - LEASE_MARGIN_SECONDS,
+                                config.delivery.lease / 2)
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -458,7 +465,13 @@ class QueueRunner:
         """The sender's attempts, one per recipient in order; a sender that raises or
         answers for the wrong recipients gives temporary failures (never a lost one)."""
         try:
-            attempts = await self.sender.send(message, states, content)
+            attempts = await asyncio.wait_for(self.sender.send(message, states, content),
+                                              timeout=self.send_timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: the attempt took over %.0fs, cut off before the lease ends",
+                        message.queue_id, self.send_timeout)
+            return [Attempt(s.id, 0, f"the attempt took longer than {self.send_timeout:.0f}s",
+                            enhanced="4.4.2") for s in states]
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bug in the sender must not lose mail

@@ -8,6 +8,11 @@ SHA-256 key).  The pipeline (`pymail.delivery.pipeline`) routes each recipient t
 target and makes the accepted ones durable in one step (docs/architecture.md, "The
 durability rule").
 
+An IMAP APPEND has no envelope: its transaction has the null sender, the user as its
+one recipient and ``client.service == "imap"`` with the authenticated user; it is not
+routed, its one `LocalTarget` names the mailbox, flags and date the client gave, and
+its content is stored exactly as appended (no trace header is added).
+
 Targets are data (`LocalTarget`, `RemoteTarget`, `Rejection`), decided per recipient
 by the router; the checks of the inbound-checks issue slot in between the transaction
 and its targets, and Sieve later turns a `LocalTarget` into fileinto/flag targets.
@@ -68,11 +73,15 @@ class Transaction:
 
 @dataclass(frozen=True, slots=True)
 class LocalTarget:
-    """A copy into a local user's mailbox."""
+    """A copy into a local user's mailbox: INBOX for received mail, the named mailbox
+    with the client's flags and date for an IMAP APPEND (RFC 3501 section 6.3.11)."""
 
     user_id: int
     mailbox: str = "INBOX"
-    flags: frozenset[str] = frozenset()
+    flags: frozenset[str] = frozenset()  #: the copy's flags (never \Recent: it is not kept)
+    #: the copy's INTERNALDATE (RFC 3501 section 2.3.3); None: `Transaction.received_at`.
+    #: The local targets of one delivery share one date (one index row set, one blob).
+    internal_date: _dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

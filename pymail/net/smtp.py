@@ -15,7 +15,7 @@ protocol adds:
   written in 256 KiB batches by a thread.  So one connection holds at most
   spool_threshold + 2 MiB of message (the reader's buffer: twice 64 KiB plus one read;
   the decoder's copies of one chunk; one write batch), whatever the client sends;
-  delivery then works from the spool file (pymail.delivery.local).  Data after the end
+  delivery then works from the spool file (pymail.delivery.pipeline).  Data after the end
   of data stays in the reader: pipelined commands (RFC 2920) work.
 * **Time limits that trickling cannot stretch** (`pymail.net.smtp_deadlines`): the
   idle limit (``limits.smtp_timeout``), a deadline for each command line from its first

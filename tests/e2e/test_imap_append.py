@@ -5,7 +5,7 @@ from /proc (`MemorySampler`, anonymous memory) and a second client timing SMTP g
 
 A literal larger than ``limits.spool_threshold`` goes through the spool the SMTP DATA
 path uses (``<data_dir>/spool``) while it arrives, hashed as it streams, and is delivered
-from the file (`LocalDeliverer.deliver`).  Before this, the reader held the whole literal
+from the file (`Pipeline.deliver`, the one delivery path of SMTP and APPEND).  Before this, the reader held the whole literal
 in memory: four 20 MB APPENDs at once grew the server by 113-118 MiB of anonymous
 memory, and 50 connections of one user could make it hold 5 GB.
 """
@@ -68,10 +68,12 @@ def message(size: int, subject: str, *, binary: bool = False) -> bytes:
 
 
 def append(wire: Wire, tag: str, data: bytes, *, plus: bool = False, literal8: bool = False,
-           mailbox: str = "INBOX", flags: str = "", piece: int = 256 * 1024) -> bytes:
+           mailbox: str = "INBOX", flags: str = "", date: str = "",
+           piece: int = 256 * 1024) -> bytes:
     """One APPEND over the wire, the literal sent in pieces; its tagged line."""
     marker = b"%s{%d%s}" % (b"~" if literal8 else b"", len(data), b"+" if plus else b"")
-    head = f"{tag} APPEND {mailbox} {flags + ' ' if flags else ''}".encode() + marker + b"\r\n"
+    options = "".join(f"{o} " for o in (flags, f'"{date}"' if date else "") if o)
+    head = f"{tag} APPEND {mailbox} {options}".encode() + marker + b"\r\n"
     wire.send(head)
     if not plus:
         line = wire.readline()
@@ -275,3 +277,40 @@ def test_a_streamed_literal_slower_than_the_minimum_data_rate_is_cut(server: Pym
     assert b"* BYE Literal data too slow" in said, said
     assert 4 < waited < 20, waited
     assert spool_files(server) == []
+
+
+def appended_uid(answer: bytes) -> int:
+    assert b"OK [APPENDUID " in answer, answer
+    return int(answer.split(b"[APPENDUID ")[1].split(b"]")[0].split()[1])
+
+
+def test_appended_messages_come_back_byte_identical_without_trace_headers(server: PymailServer) -> None:
+    """APPEND goes through the delivery pipeline the MX uses, but the MX's trace headers
+    are the MX's: BODY.PEEK[] of an appended message is exactly the octets appended (RFC
+    3501 section 6.3.11), with no Received or Return-Path added -- small (in memory) and
+    streamed (spool file) alike, and one that brings its own Return-Path keeps it as it
+    was; the flags and the date the client gave are the copy's."""
+    wire = imaps(server, BOB)
+    own_return_path = b"Return-Path: <someone@remote.example>\r\n" + message(3000, "own return path")
+    sent = [
+        (message(4000, "small draft"), dict(flags="(\\Draft)")),
+        (own_return_path, dict()),
+        (message(2 * 1000 * 1000, "streamed draft"),
+         dict(flags="(\\Seen $Work)", date="05-Jan-2026 12:00:00 +0100", plus=True)),
+    ]
+    uids = [appended_uid(append(wire, f"a{n}", data, mailbox="Drafts", **how))
+            for n, (data, how) in enumerate(sent)]
+    assert wire.command("s", "EXAMINE Drafts").tagged.startswith(b"OK")
+    for uid, (data, _) in zip(uids, sent, strict=True):
+        answer = wire.command("f", f"UID FETCH {uid} (BODY.PEEK[])", keep_literals=True)
+        assert answer.tagged.startswith(b"OK") and answer.literals == [data], uid
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"received:" not in head
+        assert head.startswith(b"return-path:") == (data is own_return_path)
+    answer = wire.command("d", f"UID FETCH {uids[2]} (FLAGS INTERNALDATE)")
+    # the instant given (pymail answers in UTC)
+    assert b'INTERNALDATE " 5-Jan-2026 11:00:00 +0000"' in answer.lines[0], answer.lines
+    assert b"\\Seen" in answer.lines[0] and b"$Work" in answer.lines[0], answer.lines
+    assert {uid: flags for uid, _, flags in server.inbox(BOB, "Drafts")}[uids[0]] == frozenset({"\\Draft"})
+    assert spool_files(server) == []
+    wire.close()

@@ -11,6 +11,8 @@ import datetime as dt
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from pymail.config.schema import Config
 from pymail.delivery.pipeline import Pipeline, from_domain
 from pymail.delivery.router import Router
@@ -177,6 +179,32 @@ def test_deliver_local_and_remote_in_one_transaction(tmp_path: Path) -> None:
         [r] = entry.recipients
         assert (r.recipient.orcpt, r.recipient.notify) == ("rfc822;Bob@remote.test",
                                                            frozenset({"SUCCESS", "FAILURE"}))
+
+    run(tmp_path, test)
+
+
+def test_an_append_is_stored_as_given_in_its_mailbox_with_its_flags_and_date(tmp_path: Path) -> None:
+    """IMAP APPEND's transaction: one LocalTarget naming a mailbox, flags and an internal
+    date; the content (here with a Return-Path of its own) is stored byte for byte,
+    nothing queued or signed.  Local targets with different dates are a caller's bug."""
+    async def test(store, pipeline, signer) -> None:
+        alice = await store.directory.get_user("alice@example.test")
+        t = txn("", user=alice, service="imap")
+        data = b"Return-Path: <x@remote.test>\r\n" + BODY
+        t.message = content(data)
+        date = dt.datetime(2020, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
+        target = LocalTarget(alice.id, "Drafts", frozenset({"\\Draft"}), date)
+        delivered = await pipeline.deliver(t, [target])
+        assert not delivered.queued and not delivered.signed and signer.calls == []
+        drafts = await store.index.get_mailbox(alice.id, "Drafts")
+        assert drafts is not None and [s.mailbox_id for s in delivered.stored] == [drafts.id]
+        [record] = await store.index.list_messages(drafts.id)
+        assert (record.flags, record.internal_date, record.size) == (
+            frozenset({"\\Draft"}), date, len(data))
+        assert await store.blobs.get(record.blob_key) == data
+        other = LocalTarget(alice.id, "INBOX")  # received_at, not the APPEND's date
+        with pytest.raises(ValueError, match="different internal dates"):
+            await pipeline.deliver(t, [target, other])
 
     run(tmp_path, test)
 

@@ -623,6 +623,21 @@ def test_a_result_that_cannot_be_stored_at_first_is_stored_on_a_retry(tmp_path: 
     run(tmp_path, test, script=script, queue_wrapper=lambda q: FlakyRecord(q, 1))
 
 
+def test_an_attempt_is_cut_off_before_its_lease_ends(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        assert h.runner.send_timeout == 540.0  # lease 600 s, minus a minute
+        h.runner.send_timeout = 0.2
+        h.sender.gate = asyncio.Event()  # a tarpit: never answers
+        await h.enqueue("Q1", "bob@remote.test")
+        await h.round()
+        bob = (await h.states("Q1"))["bob@remote.test"]
+        assert (bob.status, bob.attempts, bob.lease_owner, bob.enhanced_code) == (
+            S.QUEUED, 1, None, "4.4.2")
+        assert bob.reply_text == "the attempt took longer than 0s"
+
+    run(tmp_path, test)
+
+
 def test_a_sender_that_raises_is_a_temporary_failure(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         async def broken(*args):

@@ -1,6 +1,6 @@
 """APPEND (RFC 3501 section 6.3.11, RFC 4315 APPENDUID, RFC 3516 literal8, RFC 7889
 APPENDLIMIT, RFC 9208 quota) as a part of `ImapSession` (a mixin: the session provides
-``store``, ``deliverer``, ``channel``, ``user``, ``user_id``, ``append_limit`` and
+``store``, ``pipeline``, ``channel``, ``user``, ``user_id``, ``append_limit`` and
 ``_name``), and `LiteralSpool`, where the connection puts a large APPEND literal while
 it arrives.
 
@@ -18,10 +18,16 @@ Invariants:
   the mailbox (``NO [TRYCREATE]``), the user's quota (``NO [OVERQUOTA]``), the free
   space (``store.space.room_for``, ``NO [OVERQUOTA] Not enough disk space``; a spool
   that runs out of space says the same).
-* Durable before OK (docs/architecture.md, "The durability rule"): the message goes
-  through `LocalDeliverer.deliver`, the one delivery path of SMTP and APPEND -- blob
-  first (from the spool file for a streamed literal: hard link or streamed PUT), then
-  the index commit --, and only then the tagged ``OK [APPENDUID]``.
+* Durable before OK (docs/architecture.md, "The durability rule"): the message is a
+  delivery `Transaction` (``service="imap"``, the authenticated user, no envelope) with
+  one `LocalTarget` -- the mailbox, the flags (without \\Recent) and the internal date
+  the client gave -- handed to `Pipeline.deliver`, the one delivery path of the MX,
+  submission, APPEND and pymail's bounces: blob first (from the spool file for a
+  streamed literal: hard link or streamed PUT; the MIME parse of a large message in a
+  thread), then the index commit, and only then the tagged ``OK [APPENDUID]``.
+* Stored exactly as appended (RFC 3501 section 6.3.11): no Return-Path or Received is
+  added (delivery adds none; the MX writes its trace headers itself), so BODY[] gives
+  back the octets sent.
 * Every spool file is removed once the command ends, whatever ended it (OK, NO, BAD, a
   hang-up inside the literal, a deadline, shutdown): the connection drops a literal no
   command took, the command its `MessageContent`.
@@ -29,15 +35,19 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import hashlib
 from typing import TYPE_CHECKING
 
+from pymail.delivery.local import PARSE_IN_THREAD_ABOVE
+from pymail.delivery.pipeline import new_queue_id
 from pymail.delivery.spool import MessageContent, Spool
+from pymail.delivery.transaction import ClientFacts, LocalTarget, Recipient, Transaction
 from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.content import ContentMeter
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.types import Append, Command
-from pymail.store import DeliveryTarget
 
 if TYPE_CHECKING:
     from pymail.net.imap.session import ImapSession
@@ -92,15 +102,24 @@ class AppendCommand:
             # below storage.min_free_space: new mail waits, deleting still works
             raise Refusal(TEXT_NO_SPACE, r.OVERQUOTA)
         flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
-        moment = args.internal_date or _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.timezone.utc)
+        assert self.user is not None
+        txn = Transaction(
+            queue_id=new_queue_id(), sender="", recipients=[Recipient(self.user.address)],
+            client=ClientFacts(service="imap", ip=self.channel.client_ip,
+                               tls="TLS" if self.channel.tls else None, user=self.user),
+            received_at=now)
+        target = LocalTarget(self.user_id, box.name, flags, args.internal_date or now)
         # a streamed literal: the spool file (a SpoolError is a StorageError: NO)
-        message = await self.channel.streamed_literal() if args.streamed else args.message
+        if args.streamed:
+            message = await self.channel.streamed_literal()
+        else:
+            message = await _in_memory(args.message)
+        txn.message = message
         try:
-            delivered = await self.deliverer.deliver(
-                message, (DeliveryTarget(self.user_id, box.name, flags),), internal_date=moment)
+            delivered = await self.pipeline.deliver(txn, (target,))
         finally:
-            if isinstance(message, MessageContent):
-                message.discard()
+            message.discard()
         stored = delivered.stored
         if not stored or stored[0].mailbox_id != box.id:  # mailbox deleted meanwhile
             raise Refusal(TEXT_NO_MAILBOX, r.TRYCREATE)
@@ -112,3 +131,13 @@ class AppendCommand:
         assert self.user is not None
         if self.user.quota and await self._storage_used() + adding > self.user.quota:
             raise Refusal(TEXT_OVER_QUOTA, r.OVERQUOTA)
+
+
+async def _in_memory(data: bytes) -> MessageContent:
+    """A literal that came whole, as delivery takes it (its SHA-256 hashed in a thread
+    when it is large, as its parse will be)."""
+    if len(data) > PARSE_IN_THREAD_ABOVE:
+        key = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    else:
+        key = hashlib.sha256(data).hexdigest()
+    return MessageContent(size=len(data), key=key, data=data)

@@ -42,7 +42,7 @@ import logging
 import ssl
 
 from pymail.auth.service import Authenticator
-from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.spool import MessageContent, Spool
 from pymail.net.imap.append import LiteralSpool
 from pymail.net.imap.refusals import Logout
@@ -99,7 +99,7 @@ class ImapConnection(StreamConnection):
                                    append_limit=service.append_limit, watcher=service.watcher,
                                    mailbox_limits=service.mailbox_limits,
                                    fetch_sections=service.fetch_sections,
-                                   deliverer=service.deliverer)
+                                   pipeline=service.pipeline)
 
     def _reader(self) -> CommandReader:
         spool = self.imap.spool
@@ -257,14 +257,14 @@ class ImapService(StreamService):
                  mailbox_limits: MailboxLimits = MailboxLimits(),
                  fetch_sections: int = DEFAULT_FETCH_SECTIONS,
                  spool: Spool | None = None,
-                 deliverer: LocalDeliverer | None = None) -> None:
+                 pipeline: Pipeline) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
         process so that they hold one change feed between them; `timeouts`,
         `prelogin_literal`, `mailbox_limits` and `fetch_sections` come from ``[limits]``;
         `spool` takes APPEND literals above its threshold as they arrive (None: every
-        literal is held whole), `deliverer` stores what APPEND takes (the one SMTP
-        delivery uses)."""
+        literal is held whole), `pipeline` delivers what APPEND takes (the one the MX
+        and submission deliver through)."""
         super().__init__(name, addresses, store, authenticator, ssl_context,
                          implicit_tls=implicit_tls, reuse_port=reuse_port,
                          trusted_proxies=trusted_proxies, limiter=limiter, timeouts=timeouts)
@@ -274,4 +274,4 @@ class ImapService(StreamService):
         self.mailbox_limits = mailbox_limits
         self.fetch_sections = fetch_sections
         self.spool = spool
-        self.deliverer = deliverer if deliverer is not None else LocalDeliverer(store.blobs, store.index)
+        self.pipeline = pipeline

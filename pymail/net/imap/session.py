@@ -7,8 +7,8 @@ response bytes (encoded by `pymail.proto.imap.responses`/`bodystructure`).  Comm
 groups live in their own modules, mixed into `ImapSession`: `mailboxes` (CREATE,
 DELETE, RENAME, SUBSCRIBE, LIST, LSUB, within the mailbox limits), `fetch` (FETCH,
 streamed in bounded memory), `append` (APPEND, a large literal from the spool,
-stored through the `LocalDeliverer` SMTP uses) and `search` (SEARCH, message text
-streamed in bounded memory).
+stored through the delivery `Pipeline` the MX and submission use) and `search` (SEARCH,
+message text streamed in bounded memory).
 
 Invariants:
 
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pymail.auth.service import Authenticator
-from pymail.delivery.local import LocalDeliverer
+from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.spool import MessageContent
 from pymail.mail.mime import MessageStructure
 from pymail.net.imap.append import AppendCommand
@@ -182,10 +182,10 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
                  watcher: MailboxWatcher | None = None,
                  mailbox_limits: MailboxLimits = MailboxLimits(),
                  fetch_sections: int = DEFAULT_FETCH_SECTIONS,
-                 deliverer: LocalDeliverer | None = None) -> None:
+                 pipeline: Pipeline) -> None:
         self.store = store
-        #: APPEND stores through it, as SMTP delivery does
-        self.deliverer = deliverer if deliverer is not None else LocalDeliverer(store.blobs, store.index)
+        #: APPEND delivers through it, as the MX and submission do
+        self.pipeline = pipeline
         self.authenticator = authenticator
         self.channel = channel
         self.starttls_available = starttls_available

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pymail.store.queue import QueueEntry, RecipientStatus
+from tests.conftest import StorageSetup
 from tests.internet import PYMAIL_HOSTNAME, Internet, received_facts
 from tests.pymail_harness import PymailServer
 from tests.services.postfix import UNKNOWN_USER_REPLY
@@ -43,10 +44,11 @@ def body(subject: str) -> bytes:
 def start(internet: Internet, tmp_path: Path) -> Iterator[Callable[..., PymailServer]]:
     servers: list[PymailServer] = []
 
-    def make(delivery: str = FAST) -> PymailServer:
+    def make(delivery: str = FAST, storage_config: str = "") -> PymailServer:
         workdir = tmp_path / f"s{len(servers)}"
         workdir.mkdir()
         srv = PymailServer(workdir, hostname=PYMAIL_HOSTNAME, submission=True, imaps=True,
+                           storage_config=storage_config,
                            extra_config=internet.dns_config() + delivery)
         srv.add_user(ALICE, PASSWORD)
         srv.start()
@@ -246,6 +248,22 @@ def test_5xx_at_rcpt_bounces_to_alice_quoting_postfix(internet: Internet, start)
     headers = dsn.get_payload()[2]
     assert headers.get_content_type() == "text/rfc822-headers"
     assert "Subject: partly" in headers.get_payload()
+
+
+def test_delivered_and_bounced_on_each_backend(internet: Internet, start,
+                                               storage: StorageSetup) -> None:
+    """The same runner over SQLite and over PostgreSQL + S3 (leases, records, the DSN's
+    own trip through the pipeline)."""
+    server = start(storage_config=storage.config)
+    queue_id = submit(server, ["carol@remote.test", "nobody@remote.test"], f"on {storage.name}")
+    [raw] = internet.postfix.wait_for_messages("carol")
+    assert f"Subject: on {storage.name}".encode() in raw
+    e = wait_until(server, queue_id, lambda e: all(r.status.final for r in e.recipients))
+    assert [(r.recipient.address, r.status, r.attempts) for r in e.recipients] == [
+        ("carol@remote.test", S.DELIVERED, 1), ("nobody@remote.test", S.FAILED, 1)]
+    [dsn] = imap_messages(server, 1)
+    _, _, [r] = report(dsn)
+    assert r["Diagnostic-Code"] == "smtp; " + UNKNOWN_USER_REPLY.format(address="nobody@remote.test")
 
 
 def test_5xx_after_data_bounces_with_the_remote_text(faulty: ScriptedMx, start) -> None:
