@@ -1,9 +1,12 @@
 """Composition root: config → storage → services; start, run until a signal, stop.
 
 Start order: certificates (embedded default), storage opened and migrated, then each
-listener bound; only then readiness is reported (log lines naming every address, and
-`READY=1` to systemd).  Stop order (SIGTERM/SIGINT): stop accepting, let deliveries in
-progress finish within the grace period, say 421 to idle sessions, close storage.  A
+listener bound, then the outbound queue's runner started (pymail.delivery.runner, one per
+worker process); only then readiness is reported (log lines naming every address, and
+`READY=1` to systemd).  Stop order (SIGTERM/SIGINT): stop accepting and stop claiming
+queued mail, let deliveries in progress (inbound, and outbound within
+`QUEUE_GRACE_SECONDS`; the rest go back to the queue) finish within the grace period, say
+421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
 With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
@@ -24,6 +27,7 @@ import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pymail.auth.service import Authenticator
 from pymail.config import Config
@@ -49,9 +53,15 @@ from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 from pymail.store.space import FreeSpace
 
+if TYPE_CHECKING:
+    from pymail.delivery.runner import QueueRunner
+
 log = logging.getLogger("pymail")
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+#: Seconds the queue runner's deliveries in progress get at a stop; the rest are cancelled
+#: and their recipients handed back to the queue (delivered again by the next run).
+QUEUE_GRACE_SECONDS = 10.0
 #: Orphan sweeps while the disk is below storage.min_free_space, at most this often.
 LOW_SPACE_SWEEP_SECONDS = 300.0
 
@@ -183,6 +193,8 @@ class Worker:
     limiter: ConnectionLimiter | None = None
     #: the delivery pipeline every message goes through (made at start)
     pipeline: Pipeline | None = None
+    #: drains the outbound queue to remote servers (started with the listeners)
+    runner: "QueueRunner | None" = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -318,7 +330,27 @@ class Worker:
                 raise StartupError(f"listen.http: cannot listen on {cfg.listen.http}: {e.strerror or e}") from None
             self.services.append(http)
             lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
+        self._start_queue_runner()
         return lines
+
+    def _start_queue_runner(self) -> None:
+        """The outbound queue's runner for this process: remote delivery over the
+        configured resolver, woken by every message the pipeline queues."""
+        from pymail.delivery.runner import QueueRunner
+        from pymail.dns import resolver_from_config
+
+        assert self.store is not None and self.pipeline is not None
+        if self.store.queue is None:
+            return
+        from pymail.delivery.pipeline import now_utc
+        from pymail.delivery.remote import RemoteDelivery
+
+        sender = RemoteDelivery(config=self.config, resolver=resolver_from_config(self.config.dns),
+                                clock=now_utc)
+        self.runner = QueueRunner(queue=self.store.queue, blobs=self.store.blobs, sender=sender,
+                                  pipeline=self.pipeline, config=self.config, clock=now_utc)
+        self.pipeline.on_queued(self.runner.wake)
+        self.runner.start()
 
     def _authenticator(self) -> Authenticator:
         """The one `Authenticator` of this process ([auth]: LDAP domains, bans kept in
@@ -404,7 +436,12 @@ class Worker:
             self.sweeper.cancel()
         if self.store is not None and self.store.space is not None:
             self.store.space.stop()
-        await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self.services))
+        # The queue runner stops claiming and finishes (or hands back) what it holds while
+        # the listeners finish their sessions; the store closes after both.
+        stopping = [s.stop(SHUTDOWN_GRACE_SECONDS) for s in self.services]
+        if self.runner is not None:
+            stopping.append(self.runner.stop(QUEUE_GRACE_SECONDS))
+        await asyncio.gather(*stopping)
         if self.store is not None:
             await self.store.close()
 

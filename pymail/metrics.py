@@ -67,6 +67,19 @@ QUEUE_OLDEST_SECONDS = Gauge(
     "Age of the oldest message with a recipient still waiting (0: none waits).",
     multiprocess_mode="max",
 )
+# The queue runner (pymail.delivery.runner): one count per recipient per attempt.
+DELIVERY_ATTEMPTS = Counter(
+    "pymail_delivery_attempts_total",
+    "Outbound delivery attempts per recipient, by result (delivered = 2xx; deferred = "
+    "temporary, retried; failed = permanent, bounced; expired = temporary past "
+    "max_lifetime, bounced).",
+    ["result"],
+)
+DSNS_SENT = Counter(
+    "pymail_dsns_total",
+    "Delivery status notifications pymail sent, by action (failed, delayed, relayed).",
+    ["action"],
+)
 #: Scrapes within this many seconds of the last reading reuse it (the counts are
 #: queries on the index: a scraper polling every second must not load the database).
 QUEUE_REFRESH_SECONDS = 5.0
