@@ -7,11 +7,23 @@
 #   scripts/bench.sh delivery --concurrency 1,10,50 --size 4k --count 2000 # the same
 #   scripts/bench.sh imap --count 2000 --size 4k --concurrency 1,4,16      # benchmarks/imap.py
 #   scripts/bench.sh append --count 1000 --size 4k --concurrency 1,4        # benchmarks/append.py
+#   scripts/bench.sh outbound --count 1000 --domains 1,100 --dkim off,on   # benchmarks/outbound.py
+# The outbound benchmark's remote MX is smtp-sink on 127.0.0.3 port 25: it runs in a
+# private network namespace (unshare --net, loopback only), as scripts/test.sh runs the tests.
 source "$(dirname "$0")/lib.sh"
 module=delivery
 case "${1:-}" in
-    delivery|imap|append) module=$1; shift ;;
+    delivery|imap|append|outbound) module=$1; shift ;;
 esac
 venv_need bench
 cd "$ROOT"
+if [ "$module" = outbound ]; then
+    # smtp-sink (Postfix) and NSD: the remote MX and the DNS of the outbound benchmark;
+    # scripts/test.sh installs both (postfix unconfigured, its debconf question preseeded)
+    for tool in /usr/sbin/smtp-sink /usr/sbin/nsd; do
+        [ -x "$tool" ] || { say "$tool is missing: run scripts/test.sh once (it installs postfix and nsd)"; exit 1; }
+    done
+    export PYMAIL_BENCH_NETNS=1
+    exec unshare --net -- sh -c 'ip link set lo up && exec "$0" -m benchmarks.outbound "$@"' "$VENV/bin/python" "$@"
+fi
 exec "$VENV/bin/python" -m "benchmarks.$module" "$@"

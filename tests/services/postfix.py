@@ -27,7 +27,11 @@ instance and never /etc/postfix: everything lives in the service's own directory
   the same address and data.  Ready = the 220 greeting on the SMTP port.
 
 `SmtpSink` runs Postfix's ``smtp-sink`` (the C reference sink that throws mail away) on
-``address:port``, for benchmarks; `SmtpSink.messages()` is its running count.
+``address:port``, for benchmarks; `SmtpSink.messages()` is its running count.  With
+``keep=True`` it keeps every message it accepted as one file in a directory of its own
+(``-d``; a transaction cut off before the final "." leaves none; removed at `stop()`),
+and `SmtpSink.received()` reads them back: Message-ID, envelope and the file's mtime
+(when the sink had it all).
 
 Needs the Debian package ``postfix`` (installed unconfigured by scripts/test.sh); without
 it `PostfixServiceError` says what to install.
@@ -48,12 +52,15 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "PostfixService",
     "PostfixServiceError",
+    "SinkMessage",
     "SmtpSink",
+    "read_sink_message",
     "start_postfix_service",
     "UNKNOWN_USER_REPLY",
 ]
@@ -455,20 +462,61 @@ def start_postfix_service(**kwargs) -> PostfixService:
     return PostfixService(**kwargs).start()
 
 
+@dataclass(frozen=True)
+class SinkMessage:
+    """One message smtp-sink kept (``-d``), as `SmtpSink.received` reads it back."""
+
+    message_id: str | None  #: the Message-ID header's value, without <>
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    received_at: float  #: the dump file's mtime (time.time() clock): the sink had it all
+    path: Path
+
+
+def _dump_field(head: str, name: str) -> list[str]:
+    return [m.strip() for m in re.findall(rf"(?im)^{name}:[ \t]*(.*)$", head)]
+
+
+def read_sink_message(path: Path) -> SinkMessage:
+    """Parse one smtp-sink dump file (smtp-sink(1), DUMP FILE FORMAT): its X-Mail-Args and
+    X-Rcpt-Args records, then the message's own headers."""
+    with open(path, "rb") as f:
+        text = f.read(16384).decode(errors="replace")
+    head = text.replace("\r\n", "\n").split("\n\n", 1)[0]
+    ids = _dump_field(head, "Message-ID")
+    mail = _dump_field(head, "X-Mail-Args")
+    return SinkMessage(
+        message_id=ids[0].strip("<>") if ids else None,
+        mail_from=mail[0].split()[0].strip("<>") if mail and mail[0] else "",
+        rcpt_tos=tuple(r.split()[0].strip("<>") for r in _dump_field(head, "X-Rcpt-Args") if r),
+        received_at=path.stat().st_mtime, path=path)
+
+
 class SmtpSink:
-    """Postfix's ``smtp-sink`` on address:port: accepts every message, keeps none.
+    """Postfix's ``smtp-sink`` on address:port: accepts every message, keeps none (or, with
+    ``keep=True``, one file per message).
 
     ``args`` are extra smtp-sink options (e.g. ``["-r", "RCPT"]`` for 4xx at RCPT, ``-8``
     no 8BITMIME).  `messages()` is the number of messages received so far (its ``-c``
-    counters), `wait_for_messages(n)` waits for it."""
+    counters), `wait_for_messages(n)` waits for it; `received()` the kept messages;
+    `pause()` / `resume()` stop it answering (the kernel still accepts connections)."""
 
     def __init__(self, address: str = "127.0.0.3", port: int = 25, *, hostname: str = "sink.test",
-                 max_concurrency: int = 256, args: tuple[str, ...] | list[str] = ()) -> None:
+                 max_concurrency: int = 256, args: tuple[str, ...] | list[str] = (),
+                 keep: bool = False) -> None:
         self.path = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         if not os.access(self.path, os.X_OK):
             raise PostfixServiceError(f"smtp-sink not found: apt-get install {DEBIAN_PACKAGE}")
         self.address, self.port = address, port
+        self.dump_dir: Path | None = None
         self.command = [self.path, "-c", "-h", hostname, "-m", str(max_concurrency), *args]
+        if keep:
+            # its own directory under /tmp: smtp-sink writes there as nobody when started
+            # by root, so no directory on the way may be private to root (a tmp_path is);
+            # an smtp-sink that cannot write a dump file exits
+            self.dump_dir = Path(tempfile.mkdtemp(prefix="pymail-sink-"))
+            self.dump_dir.chmod(0o777)
+            self.command += ["-d", f"{self.dump_dir}/m."]
         if os.geteuid() == 0:
             self.command += ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
         self.command += [f"{address}:{port}", "1024"]
@@ -509,6 +557,25 @@ class SmtpSink:
             time.sleep(0.02)
         return self.messages()
 
+    def received(self) -> list[SinkMessage]:
+        """Every message kept in ``dump_dir`` so far, in the order the sink finished them."""
+        if self.dump_dir is None:
+            raise PostfixServiceError("smtp-sink keeps no messages without keep=True")
+        found = []
+        for path in self.dump_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found.append(read_sink_message(path))
+        return sorted(found, key=lambda m: m.received_at)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel, nothing answers."""
+        assert self.proc is not None
+        _signal_group(self.proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        _signal_group(self.proc, signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
@@ -517,5 +584,7 @@ class SmtpSink:
                 self._reader.join(5)  # EOF once smtp-sink is gone
             if proc.stdout is not None:
                 proc.stdout.close()
+        if self.dump_dir is not None:
+            shutil.rmtree(self.dump_dir, ignore_errors=True)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
