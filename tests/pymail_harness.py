@@ -168,6 +168,12 @@ class PymailServer:
         self.submissions_port = free_port() if submissions else None
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
+        if not re.search(r"(?m)^\s*\[dns\]", extra_config):
+            # Never the system's resolver (/etc/resolv.conf) in a test: a test that does
+            # not bring its DNS (tests/internet.py) gets a loopback port nobody answers
+            # on, so a queued remote message is deferred, not looked up outside.
+            extra_config += (f'\n[dns]\nnameservers = ["127.0.0.1"]\nport = {free_port()}\n'
+                             'timeout = "1s"\n')
         watchdog_line = ""
         if loop_watchdog is not None and not re.search(r"(?m)^\s*loop_watchdog\s*=", server_config):
             watchdog_line = f'loop_watchdog = "{loop_watchdog}"'
