@@ -29,7 +29,8 @@ When a DSN goes out (`notice_action`, RFC 3461 section 4.1 and 6.2):
 Concurrency, per worker process: at most ``[delivery] concurrency`` SMTP transactions at
 once, and ``[delivery] per_domain`` to one destination (the domain, or the relay/transport
 host for other routes).  A claimed group whose destination is full goes back to the
-queue for a few seconds without counting as an attempt.
+queue for a few seconds without counting as an attempt.  The messages being sent hold
+at most `CONTENT_BUDGET` octets of content in memory together.
 
 Wake-up: `wake` (registered with `Pipeline.on_queued`) ends the wait at once, so a
 message just submitted goes out within milliseconds; otherwise the queue is polled every
@@ -93,6 +94,11 @@ MAX_BACKOFF_SECONDS = 30.0
 LEASE_MARGIN_SECONDS = 60.0
 #: Tries of one `record` (or one DSN submission) before it is given up and logged.
 PERSIST_TRIES = 5
+#: Octets of queued message content one runner holds in memory at once (each message
+#: being sent is read whole, since aiosmtplib sends bytes): without a cap, `concurrency`
+#: large messages -- e.g. a stranger's to an alias that forwards outside -- would be
+#: held together.  A message larger than this is sent alone.
+CONTENT_BUDGET = 256 * 1024 * 1024
 
 #: RFC 3461 section 4.1: no NOTIFY means FAILURE,DELAY.
 DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
@@ -223,8 +229,11 @@ class QueueRunner:
                  pipeline: Pipeline, config: Config,
                  clock: Callable[[], _dt.datetime] | None = None, owner: str | None = None,
                  rng: random.Random | None = None, dsn: Any = None,
-                 poll_seconds: float = POLL_SECONDS) -> None:
+                 poll_seconds: float = POLL_SECONDS,
+                 content_budget: int = CONTENT_BUDGET) -> None:
         from pymail.delivery.pipeline import now_utc
+
+        self._budget = _ByteBudget(content_budget)
 
         self.queue = queue
         self.blobs = blobs
@@ -408,6 +417,13 @@ class QueueRunner:
     async def _deliver(self, message: QueuedMessage, groups: list[list[RecipientState]]) -> None:
         """Deliver the claimed groups of one message, record each group's results as
         soon as it has them, then send the DSNs the results call for."""
+        held = await self._budget.acquire(message.size)
+        try:
+            await self._deliver_held(message, groups)
+        finally:
+            await self._budget.release(held)
+
+    async def _deliver_held(self, message: QueuedMessage, groups: list[list[RecipientState]]) -> None:
         content: bytes | None = None
         missing: str | None = None
         try:
@@ -579,3 +595,27 @@ class QueueRunner:
                             message.queue_id, action, e, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
+
+
+class _ByteBudget:
+    """At most `limit` octets held at once (`CONTENT_BUDGET`); one request larger than
+    the limit counts as the whole limit, so it waits until nothing else is held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self.peak = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, size: int) -> int:
+        size = min(max(size, 1), self.limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + size <= self.limit)
+            self.used += size
+            self.peak = max(self.peak, self.used)
+        return size
+
+    async def release(self, size: int) -> None:
+        async with self._changed:
+            self.used -= size
+            self._changed.notify_all()

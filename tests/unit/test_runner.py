@@ -182,7 +182,7 @@ class Harness:
 
 
 def run(tmp_path: Path, test, *, script=None, delivery: dict | None = None, queue_wrapper=None,
-        poll_seconds: float = 60.0, real_dsn: bool = False) -> None:
+        poll_seconds: float = 60.0, real_dsn: bool = False, content_budget: int | None = None) -> None:
     async def main() -> None:
         store = open_store(f"sqlite://{tmp_path / 'i.sqlite3'}", f"file://{tmp_path / 'blobs'}")
         await store.migrate()
@@ -202,7 +202,8 @@ def run(tmp_path: Path, test, *, script=None, delivery: dict | None = None, queu
             runner = QueueRunner(queue=queue, blobs=store.blobs, sender=sender, pipeline=pipeline,
                                  config=config, clock=clock, owner="node-a:1:test",
                                  rng=random.Random(1), dsn=None if real_dsn else dsn,
-                                 poll_seconds=poll_seconds)
+                                 poll_seconds=poll_seconds,
+                                 **({} if content_budget is None else {"content_budget": content_budget}))
             await asyncio.wait_for(test(Harness(store, pipeline, runner, sender, dsn, clock)), 60)
         finally:
             await store.close()
@@ -561,6 +562,28 @@ def test_per_domain_and_global_concurrency_limits_hold(tmp_path: Path) -> None:
         assert all(r.attempts == 1 for r in states)
 
     run(tmp_path, test, delivery={"concurrency": 5, "per_domain": 3}, poll_seconds=0.05)
+
+
+def test_the_messages_being_sent_hold_at_most_the_content_budget(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        h.sender.gate = asyncio.Event()
+        for n in range(6):
+            await h.enqueue(f"M{n}", f"u{n}@d{n}.test")
+        h.runner.start()
+        await asyncio.sleep(0.3)
+        assert h.sender.running == 2  # 2 x len(CONTENT) fit in the budget, not 3
+        h.sender.gate.set()
+        for _ in range(200):
+            entries = await h.queue.list_entries(include_final=True)
+            if all(r.status is S.DELIVERED for e in entries for r in e.recipients):
+                break
+            await asyncio.sleep(0.05)
+        await h.runner.stop()
+        assert h.sender.peak == 2 and h.runner._budget.peak <= 2 * len(CONTENT)
+        entries = await h.queue.list_entries(include_final=True)
+        assert sum(r.status is S.DELIVERED for e in entries for r in e.recipients) == 6
+
+    run(tmp_path, test, poll_seconds=0.05, content_budget=2 * len(CONTENT) + 10)
 
 
 class FlakyQueue:
