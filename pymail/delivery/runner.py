@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as _dt
-import importlib
 import logging
 import os
 import random
@@ -61,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from pymail import metrics
 from pymail.delivery.attempt import Attempt, RemoteSender
 from pymail.delivery.schedule import RetrySchedule
+from pymail.mail import dsn as dsn_builder
 from pymail.store.interfaces import NotFound, StorageError
 from pymail.store.queue import (
     Claim,
@@ -244,9 +244,8 @@ class QueueRunner:
         self.owner = owner or new_owner()
         self.schedule = RetrySchedule.from_config(config.delivery)
         self._rng = rng or random.Random()
-        #: the DSN builder module (pymail.mail.dsn: DsnRecipient, build_dsn); loaded on
-        #: first use
-        self._dsn = dsn
+        #: the DSN builder (pymail.mail.dsn: DsnRecipient, build_dsn; tests may pass theirs)
+        self._dsn = dsn if dsn is not None else dsn_builder
         self._poll = poll_seconds
         self._concurrency = config.delivery.concurrency
         self._per_domain = config.delivery.per_domain
@@ -536,11 +535,6 @@ class QueueRunner:
 
     # ------------------------------------------------------------------ notices
 
-    def _dsn_module(self) -> Any:
-        if self._dsn is None:
-            self._dsn = importlib.import_module("pymail.mail.dsn")
-        return self._dsn
-
     async def _send_notices(self, message: QueuedMessage, outcomes: list[Outcome],
                             content: bytes | None) -> None:
         """One DSN per action (failed, delayed, relayed) covering the message's
@@ -559,7 +553,7 @@ class QueueRunner:
 
     def _build(self, message: QueuedMessage, action: str, group: list[Outcome],
                original: bytes) -> bytes:
-        module = self._dsn_module()
+        module = self._dsn
         now = self.clock()
         recipients = [module.DsnRecipient(
             address=o.state.recipient.address,
