@@ -22,10 +22,10 @@ Two steps, both over a `Transaction` (pymail.delivery.transaction):
      reversed and the bounce forwarded to the original sender; a forged or expired one
      routes like any unknown address (``550 5.1.1``).
 
-2. `Pipeline.deliver` after DATA (or an APPEND literal): the blob(s) first -- the local
-   copy (the content as received, trace headers included) and the outbound copy (the same content without
-   the Return-Path, which only final delivery adds, RFC 5321 section 4.4; with the DKIM
-   signature on top when it is signed) -- then ONE `Index.deliver` with the mailbox rows
+2. `Pipeline.deliver` after DATA (or an APPEND literal): the blob(s) first -- the
+   local copy (the content as received, trace headers included) and the outbound copy
+   (the same content without the Return-Path, which only final delivery adds, RFC 5321
+   section 4.4; with the DKIM signature on top when it is signed) -- then ONE `Index.deliver` with the mailbox rows
    and the queue rows.  Its return means both are durable: the caller replies only then
    (docs/architecture.md, "The durability rule"); any `StorageError` means nothing was
    indexed (an orphan blob at most, for the sweeper).  Forwarded copies whose sender SRS
