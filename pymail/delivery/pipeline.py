@@ -26,8 +26,9 @@ Two steps, both over a `Transaction` (pymail.delivery.transaction):
    local copy (the content as received, trace headers included) and the outbound copy
    (the same content without the Return-Path, which only final delivery adds, RFC 5321
    section 4.4; with the DKIM signature on top when it is signed) -- then ONE
-   `Index.deliver` with the mailbox rows and the queue rows.  Its return means both are durable: the caller replies only then
-   (docs/architecture.md, "The durability rule"); any `StorageError` means nothing was
+   `Index.deliver` with the mailbox rows and the queue rows.  Its return means both
+   are durable: the caller replies only then (docs/architecture.md, "The durability
+   rule"); any `StorageError` means nothing was
    indexed (an orphan blob at most, for the sweeper).  Forwarded copies whose sender SRS
    rewrote are queued as a message of their own (a queue row has one sender), in the
    same transaction.

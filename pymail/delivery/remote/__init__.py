@@ -47,7 +47,8 @@ __all__ = ["RemoteDelivery"]
 
 log = logging.getLogger("pymail.delivery")
 
-IDLE_SECONDS = 5.0  #: an unused connection is closed after this (Postfix: smtp_connection_cache_time_limit 2 s)
+#: An unused connection is closed after this (Postfix's smtp_connection_cache_time_limit: 2 s).
+IDLE_SECONDS = 5.0
 REUSE_LIMIT = 100  #: messages over one connection at most
 MAX_ADDRESSES = 2  #: addresses of one host tried per attempt (the rest next time)
 HEADER_SCAN = 64 * 1024
