@@ -360,6 +360,18 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
         """The same storage the server uses, opened through the same config."""
         return open_configured_store(load_config(self.config_path))
 
+    def queue_stats(self):
+        """`QueueStats` of the outbound queue, read from the index as the CLI does."""
+        async def read():
+            store = self.store()
+            try:
+                assert store.queue is not None
+                return await store.queue.stats()
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
+
     def blob_keys(self) -> list[str]:
         """Every blob key in the store (through the BlobStore interface)."""
 

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as AioSMTP
+
+from tests.services.scripted_mx import start_controller
 
 __all__ = ["Delivery", "RecordingMx", "overlapping"]
 
@@ -86,15 +87,8 @@ class RecordingMx:
         self._controller: Controller | None = None
 
     def start(self) -> "RecordingMx":
-        hostname = self.hostname
-
-        class _Controller(Controller):
-            def factory(self):  # noqa: ANN202 - our greeting name, no AUTH
-                return AioSMTP(self.handler, hostname=hostname, ident="RecordingMx")
-
-        self._controller = _Controller(_Handler(self), hostname=self.address, port=self.port,
-                                       ready_timeout=10)
-        self._controller.start()
+        self._controller = start_controller(_Handler(self), self.address, self.port,
+                                            self.hostname, "RecordingMx")
         return self
 
     def stop(self) -> None:

@@ -52,6 +52,19 @@ class _Handler:
         return reply
 
 
+def start_controller(handler, address: str, port: int, hostname: str, ident: str) -> Controller:
+    """An aiosmtpd server for `handler` on (address, port), greeting as `hostname`, no
+    AUTH; started (its thread runs until `stop`)."""
+
+    class _Controller(Controller):
+        def factory(self):  # noqa: ANN202 - our greeting name, no AUTH
+            return AioSMTP(self.handler, hostname=hostname, ident=ident)
+
+    controller = _Controller(handler, hostname=address, port=port, ready_timeout=10)
+    controller.start()
+    return controller
+
+
 class ScriptedMx:
     """See the module docstring."""
 
@@ -81,15 +94,8 @@ class ScriptedMx:
             self.data["*"] = list(replies)
 
     def start(self) -> "ScriptedMx":
-        hostname = self.hostname
-
-        class _Controller(Controller):
-            def factory(self):  # noqa: ANN202 - our greeting name, no AUTH
-                return AioSMTP(self.handler, hostname=hostname, ident="ScriptedMx")
-
-        self._controller = _Controller(_Handler(self), hostname=self.address, port=self.port,
-                                       ready_timeout=10)
-        self._controller.start()
+        self._controller = start_controller(_Handler(self), self.address, self.port,
+                                            self.hostname, "ScriptedMx")
         return self
 
     def stop(self) -> None:

@@ -26,7 +26,6 @@ recipient each."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import smtplib
 import ssl
@@ -36,7 +35,6 @@ from pathlib import Path
 
 import pytest
 
-from pymail.store.queue import QueueStats
 from tests.internet import PYMAIL_HOSTNAME, Internet
 from tests.pymail_harness import PymailServer
 from tests.services.postfix import SmtpSink
@@ -80,18 +78,6 @@ def submit_range(server: PymailServer, numbers: range, errors: list[str]) -> Non
         errors.append(f"{numbers}: {e!r}")
 
 
-def queue_stats(server: PymailServer) -> QueueStats:
-    async def read() -> QueueStats:
-        store = server.store()
-        try:
-            assert store.queue is not None
-            return await store.queue.stats()
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
 @pytest.mark.slow
 def test_kill_9_mid_run_loses_nothing(internet: Internet, tmp_path: Path) -> None:
     internet.set_zone(SINK_DOMAIN, SINK_ZONE)
@@ -114,7 +100,7 @@ def test_kill_9_mid_run_loses_nothing(internet: Internet, tmp_path: Path) -> Non
         for t in threads:
             t.join()
         assert errors == []
-        queued = queue_stats(server)
+        queued = server.queue_stats()
         submitted = time.monotonic()
         assert queued.recipients_queued == MESSAGES
         print(f"\nkill -9 run: {MESSAGES} messages submitted in {submitted - t0:.1f}s")
@@ -127,7 +113,7 @@ def test_kill_9_mid_run_loses_nothing(internet: Internet, tmp_path: Path) -> Non
         server.proc.wait(10)
         server.log_file.close()
         killed = time.monotonic()
-        at_kill = queue_stats(server)
+        at_kill = server.queue_stats()
         time.sleep(0.2)  # the sink finishes what was sent before the kill
         before = len(sink.received())
         print(f"kill -9 after {killed - submitted:.1f}s of delivery: sink had {before} "
@@ -137,7 +123,7 @@ def test_kill_9_mid_run_loses_nothing(internet: Internet, tmp_path: Path) -> Non
         server.start()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            stats = queue_stats(server)
+            stats = server.queue_stats()
             if stats.recipients_queued == 0:
                 break
             time.sleep(0.2)

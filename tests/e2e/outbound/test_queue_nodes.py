@@ -15,7 +15,6 @@ each node's submission port: 600 (message, recipient) deliveries."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import smtplib
 import ssl
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from pymail.store.queue import QueueStats
 from tests.conftest import make_storage
 from tests.internet import Internet
 from tests.pymail_harness import PymailServer
@@ -66,18 +64,6 @@ def submit(server: PymailServer, numbers: list[int], errors: list[str]) -> None:
         errors.append(repr(e))
 
 
-def queue_stats(server: PymailServer) -> QueueStats:
-    async def read() -> QueueStats:
-        store = server.store()
-        try:
-            assert store.queue is not None
-            return await store.queue.stats()
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
 @pytest.mark.slow
 def test_two_nodes_drain_one_queue_without_delivering_twice(
         internet: Internet, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -108,7 +94,7 @@ def test_two_nodes_drain_one_queue_without_delivering_twice(
             deliveries = mx.wait_for(len(expected), timeout=90)
             drained = time.monotonic()
             deadline = time.monotonic() + 30
-            while (stats := queue_stats(nodes[0])).recipients_queued and time.monotonic() < deadline:
+            while (stats := nodes[0].queue_stats()).recipients_queued and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1.0)  # anything delivered twice would arrive by now
             deliveries = mx.recorded()
