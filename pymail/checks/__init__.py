@@ -1,0 +1,1 @@
+"""Inbound checks (see pymail.checks.session)."""
