@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING
 from pymail.auth.service import Authenticator
 from pymail.config import Config
 from pymail.config.schema import split_hostport
+from pymail.checks.session import Checks
 from pymail.delivery.dkim import signer_from_config
+from pymail.dns import DnsResolver, resolver_from_config
 from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
@@ -195,6 +197,9 @@ class Worker:
     pipeline: Pipeline | None = None
     #: drains the outbound queue to remote servers (started with the listeners)
     runner: "QueueRunner | None" = None
+    #: the inbound checks and the resolver they share with outbound delivery
+    checks: Checks | None = None
+    resolver: DnsResolver | None = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -221,14 +226,18 @@ class Worker:
         # literal) waits in files there while it arrives (made 0700 and emptied of a
         # previous run's files by `serve`, before any worker starts).
         spool = Spool(cfg.spool_dir, cfg.limits.spool_threshold)
+        # One resolver (and its cache) for the inbound checks and outbound delivery.
+        self.resolver = resolver_from_config(cfg.dns)
+        self.checks = Checks.from_config(cfg, self.resolver)
         handler = MxHandler(
             pipeline=self.pipeline,
             hostname=cfg.server.hostname,
             max_recipients=cfg.limits.recipients,
             postmaster=cfg.server.postmaster_address,
             space=self.store.space,
+            checks=self.checks,
         )
-        lines = []
+        lines = [self.checks.describe()]
         submission_handler = SubmissionHandler(
             pipeline=self.pipeline,
             hostname=cfg.server.hostname,
@@ -236,6 +245,7 @@ class Worker:
             postmaster=cfg.server.postmaster_address,
             service="submission",
             space=self.store.space,
+            checks=self.checks,
         )
         # (name, handler, implicit TLS, authenticated submission): the MX offers STARTTLS
         # to whoever wants it (RFC 3207); submission insists on TLS, then AUTH.
@@ -321,7 +331,8 @@ class Worker:
             lines += await self._bind(name, pop3, addresses, "implicit TLS" if implicit_tls else "STLS")
         if cfg.listen.http:
             http = HttpService(
-                [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port
+                [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port,
+                checks=self.checks,
             )
             try:
                 bound = await http.start()
@@ -337,7 +348,6 @@ class Worker:
         """The outbound queue's runner for this process: remote delivery over the
         configured resolver, woken by every message the pipeline queues."""
         from pymail.delivery.runner import QueueRunner
-        from pymail.dns import resolver_from_config
 
         assert self.store is not None and self.pipeline is not None
         if self.store.queue is None:
@@ -345,8 +355,7 @@ class Worker:
         from pymail.delivery.pipeline import now_utc
         from pymail.delivery.remote import RemoteDelivery
 
-        sender = RemoteDelivery(config=self.config, resolver=resolver_from_config(self.config.dns),
-                                clock=now_utc)
+        sender = RemoteDelivery(config=self.config, resolver=self.resolver, clock=now_utc)
         self.runner = QueueRunner(queue=self.store.queue, blobs=self.store.blobs, sender=sender,
                                   pipeline=self.pipeline, config=self.config, clock=now_utc)
         self.pipeline.on_queued(self.runner.wake)
@@ -442,6 +451,8 @@ class Worker:
         if self.runner is not None:
             stopping.append(self.runner.stop(QUEUE_GRACE_SECONDS))
         await asyncio.gather(*stopping)
+        if self.checks is not None:
+            await self.checks.close()
         if self.store is not None:
             await self.store.close()
 

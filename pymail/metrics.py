@@ -80,6 +80,23 @@ DSNS_SENT = Counter(
     "Delivery status notifications pymail sent, by action (failed, delayed, relayed).",
     ["action"],
 )
+# The inbound checks (pymail.checks).
+CHECK_RESULTS = Counter(
+    "pymail_check_results_total",
+    "Inbound check outcomes, by check (spf, dkim, dmarc, iprev, rspamd, clamav) and "
+    "outcome (pass, fail, temperror, ..., error = the scanner was unavailable).",
+    ["check", "outcome"],
+)
+CHECK_ERRORS = Counter(
+    "pymail_check_errors_total",
+    "Scans that failed because the scanner was unreachable, slow or answered garbage.",
+    ["check"],
+)
+CHECK_SERVICE_UP = Gauge(
+    "pymail_check_service_up",
+    "1 when the scanner's last exchange worked, 0 while it is unavailable.",
+    ["check"], multiprocess_mode="min",
+)
 #: Scrapes within this many seconds of the last reading reuse it (the counts are
 #: queries on the index: a scraper polling every second must not load the database).
 QUEUE_REFRESH_SECONDS = 5.0

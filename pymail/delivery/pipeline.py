@@ -48,13 +48,19 @@ the author's own DKIM signature survives and DMARC passes on it; a signature of 
 would vouch for mail we did not write, and DKIM cannot help the SPF failure that SRS
 fixes.  (ARC is the mechanism for forwarders, later.)
 
-Seams left for later work (not built here):
-* the inbound checks (SPF, DKIM, DMARC, Rspamd, ClamAV) run between the transaction and
-  its targets: in `deliver`, before the blobs are written, a verdict may drop targets,
-  add an Authentication-Results field or file LocalTargets into Junk (not for an
-  APPEND, ``client.service == "imap"``: the user's own copy, stored as given);
-* Sieve turns a user's `LocalTarget` (made in `_local_targets`) into fileinto/flag
-  targets.
+The inbound checks (pymail.checks) run between the transaction and its targets: the
+MX and submission ask them for a `Verdict` after DATA and refuse the message when it
+says so; otherwise `deliver` gets the verdict and, before any blob is written, applies
+its header edits (Authentication-Results on top, forged fields removed, the scanners'
+headers; pymail.mail.headeredit) to the one copy every target shares, and files the
+local copies into each user's \\Junk mailbox when it says junk.  The trace headers and
+the verdict's fields are thus part of the content-addressed blob (one per message, the
+same for all its recipients: the verdict is per message), so IMAP serves stored octets
+as they are, and RFC822.SIZE, BODY[] and POP3 RETR agree without any splicing.  An
+APPEND gets no verdict (the user's own copy, stored as given).
+
+Seam left for later work: Sieve turns a user's `LocalTarget` (made in
+`_local_targets`) into fileinto/flag targets.
 
 Invariants: no blocking work on the event loop (spool files are copied, hashed and
 parsed in threads); a temporary spool file made for an outbound copy is removed when
@@ -64,6 +70,7 @@ parsed in threads); a temporary spool file made for an outbound copy is removed 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import errno
 import email.utils
@@ -90,12 +97,14 @@ from pymail.delivery.transaction import (
     Transaction,
 )
 from pymail.mail import trace
+from pymail.mail.headeredit import HeaderEdit, edit_header
 from pymail.mail.headers import parse_header
 from pymail.proto.smtp.replies import Reply
 from pymail.store.interfaces import BlobFileStore, Delivery, DeliveryTarget, Stored, User
 from pymail.store.queue import QueuedMessage, QueuedRecipient
 
 if TYPE_CHECKING:
+    from pymail.checks.verdict import Verdict
     from pymail.config.schema import Config
     from pymail.store import Store
 
@@ -287,13 +296,40 @@ class Pipeline:
 
     # ------------------------------------------------------------------ delivery
 
-    async def deliver(self, txn: Transaction, targets: Sequence[Target]) -> Delivered:
+    async def deliver(self, txn: Transaction, targets: Sequence[Target],
+                      verdict: Verdict | None = None) -> Delivered:
         """Make `txn.message` durable for every target: blobs, then one index
-        transaction for mailbox and queue rows (see the module docstring).
-        `StorageError` when anything failed (nothing is indexed then)."""
+        transaction for mailbox and queue rows (see the module docstring), with the
+        inbound checks' `verdict` applied first.  `StorageError` when anything failed
+        (nothing is indexed then)."""
         message = txn.message
         if message is None:
             raise ValueError(f"{txn.queue_id}: no message content")
+        if verdict is not None and verdict.junk:
+            targets = await self._into_junk(targets)
+        if verdict is None or verdict.edit.empty:
+            return await self._deliver(txn, message, targets)
+        edited = await _edited(message, verdict.edit)
+        try:
+            return await self._deliver(txn, edited, targets)
+        finally:
+            if edited is not message:
+                edited.discard()
+
+    async def _into_junk(self, targets: Sequence[Target]) -> list[Target]:
+        """The local copies that would go to INBOX filed into the user's \\Junk
+        mailbox (RFC 6154) instead; ``Junk`` (made with the defaults) if it has none."""
+        out: list[Target] = []
+        for t in targets:
+            if isinstance(t, LocalTarget) and t.mailbox.upper() == "INBOX":
+                boxes = await self.store.index.list_mailboxes(t.user_id)
+                junk = next((b.name for b in boxes if b.special_use == "\\Junk"), "Junk")
+                t = dataclasses.replace(t, mailbox=junk)
+            out.append(t)
+        return out
+
+    async def _deliver(self, txn: Transaction, message: MessageContent,
+                       targets: Sequence[Target]) -> Delivered:
         local: dict[tuple[int, str], LocalTarget] = {}
         remote: dict[tuple[str, str], RemoteTarget] = {}
         for t in targets:
@@ -303,7 +339,6 @@ class Pipeline:
                 remote.setdefault((t.address.lower(), t.sender or txn.sender), t)
         if not local and not remote:
             raise ValueError(f"{txn.queue_id}: no targets")
-        # (the inbound checks' seam: a verdict changes `local`/`remote` here)
         dates = {t.internal_date or txn.received_at for t in local.values()}
         if len(dates) > 1:
             raise ValueError(f"{txn.queue_id}: local targets with different internal dates")
@@ -510,6 +545,14 @@ async def _without_return_path(message: MessageContent) -> MessageContent:
     if not skip:
         return message
     return await _with_prefix(message, b"", skip=skip)
+
+
+async def _edited(message: MessageContent, edit: HeaderEdit) -> MessageContent:
+    """`message` with the header `edit` applied (a new copy: in memory, or a spool
+    file beside the message's)."""
+    head = await _header_block(message)
+    fields, replaced = edit_header(head, edit)
+    return await _with_prefix(message, fields, skip=replaced)
 
 
 async def _with_prefix(message: MessageContent, prefix: bytes, *, skip: int) -> MessageContent:

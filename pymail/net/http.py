@@ -3,7 +3,9 @@
 * `GET /healthz`: 200 `ok` when the storage backends answer (the database and the blob
   store, each reached once, within 5 s) and the local disks have room
   (``storage.min_free_space``), else 503 with one line naming what failed
-  (``degraded: disk full: ...`` while new mail is refused for want of space).
+  (``degraded: disk full: ...`` while new mail is refused for want of space; ``degraded:
+  rspamd: down ...`` while a scanner whose outage defers mail does not answer a ping).
+  Scanners that are up, or down with ``on error = accept``, are listed after ``ok``.
   For load balancers and systemd watchdogs; it reveals nothing but the failing part.
 * `GET /metrics`: Prometheus text exposition of `pymail.metrics` (the outbound queue's
   depth and oldest age read from the index at most every few seconds).
@@ -17,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from pymail import metrics
 from pymail.net.listen import bound_addresses
 from pymail.store import StorageError, Store
+
+if TYPE_CHECKING:
+    from pymail.checks.session import Checks
 
 log = logging.getLogger("pymail.http")
 
@@ -32,8 +38,10 @@ HEALTH_TIMEOUT = 5.0
 class HttpService:
     """/healthz and /metrics on the given addresses."""
 
-    def __init__(self, addresses: list[tuple[str, int]], store: Store, *, reuse_port: bool = False) -> None:
+    def __init__(self, addresses: list[tuple[str, int]], store: Store, *, reuse_port: bool = False,
+                 checks: Checks | None = None) -> None:
         self.addresses = addresses
+        self.checks = checks
         self.store = store
         self.reuse_port = reuse_port
         self.runner: web.AppRunner | None = None
@@ -48,7 +56,14 @@ class HttpService:
         space = self.store.space
         if space is not None and space.low:  # new mail is refused until there is room
             return web.Response(status=503, text=f"degraded: disk full: {space.describe()}\n")
-        return web.Response(text="ok\n")
+        detail = ""
+        if self.checks is not None:  # the scanners, asked now
+            for name, up, text in await self.checks.health():
+                health = self.checks.rspamd_health if name == "rspamd" else self.checks.clamd_health
+                if not up and health.on_error in ("tempfail", "reject"):
+                    return web.Response(status=503, text=f"degraded: {name}: {text}\n")
+                detail += f"{name}: {text}\n"
+        return web.Response(text="ok\n" + detail)
 
     async def metrics(self, request: web.Request) -> web.Response:
         if self.store.queue is not None:  # the queue's depth and age, read now (cached)

@@ -16,6 +16,10 @@ after DATA.
 * **Trace headers** (Return-Path, Received; pymail.mail.trace) are made when DATA starts,
   so the content can be hashed and spooled with them as it arrives.  Return-Path only when
   a recipient is local (RFC 5321 section 4.4: final delivery adds it; a relay does not).
+* **Inbound checks** (pymail.checks): a `CheckSession` per SMTP session, started at
+  each MAIL (iprev once, SPF per transaction); after DATA its verdict either refuses the
+  message (``550``/``554 5.7.1``, ``451 4.7.1``) or goes to the pipeline with it (header
+  edits, Junk).  The log line carries what each check found (``checks=...``).
 * **Delivery**: ``250`` only after `Pipeline.deliver` made the message durable for every
   accepted recipient, local copies and queue entries in one index transaction; a storage
   failure is ``451 4.3.0`` for the whole transaction (``452 4.3.1`` when the spool's or
@@ -58,6 +62,7 @@ from pymail.store.interfaces import StorageError, is_no_space
 from pymail.store.space import FreeSpace
 
 if TYPE_CHECKING:
+    from pymail.checks.session import Checks, CheckSession
     from pymail.net.smtp import PymailSMTP
 
 __all__ = ["MxHandler", "PymailEnvelope", "POSTMASTER", "new_queue_id"]
@@ -128,8 +133,11 @@ class MxHandler:
         postmaster: str,
         service: str = "smtp",
         space: FreeSpace | None = None,
+        checks: Checks | None = None,
     ) -> None:
-        self.service = service  #: the [listen] name, a metrics label
+        self.service = service
+        #: the inbound checks (None or inactive: none configured)
+        self.checks = checks if checks is not None and checks.active else None  #: the [listen] name, a metrics label
         #: free space of the local file systems; below the minimum MAIL gets 452 4.3.1
         self.space = space
         self.pipeline = pipeline
@@ -271,7 +279,20 @@ class MxHandler:
             envid=params.envid, ret=params.ret, requiretls=params.requiretls,
             smtputf8=bool(envelope.smtp_utf8), body=_body(mail_options), size=declared,
         )
+        checks = self._check_session(session, envelope.txn.client)
+        if checks is not None:
+            checks.mail_from(envelope.txn.client, sender, session.host_name or "")
         return Reply.SENDER_OK
+
+    def _check_session(self, session: Session, client: ClientFacts) -> CheckSession | None:
+        """The session's inbound checks, made at its first MAIL (None: no checks)."""
+        if self.checks is None:
+            return None
+        found = getattr(session, "pymail_checks", None)
+        if found is None:
+            found = self.checks.session(client)
+            session.pymail_checks = found  # type: ignore[attr-defined]
+        return found
 
     async def handle_RCPT(
         self, server: PymailSMTP, session: Session, envelope: PymailEnvelope, address: str,
@@ -367,7 +388,13 @@ class MxHandler:
         assert txn is not None
         txn.message = message
         try:
-            result = await self.pipeline.deliver(txn, envelope.targets)
+            verdict = None
+            checks = getattr(session, "pymail_checks", None) if self.checks else None
+            if checks is not None:
+                verdict = await checks.verdict(txn, message)
+                if verdict.reply is not None:
+                    return self._refused(session, envelope, message, verdict)
+            result = await self.pipeline.deliver(txn, envelope.targets, verdict)
         except StorageError as e:
             reply = Reply.NO_SPACE if is_no_space(e) else Reply.TEMPFAIL
             self._log(envelope, session, "tempfail", reply, size=message.size,
@@ -393,7 +420,19 @@ class MxHandler:
         if result.queued:
             queued = sum(len(m.recipients) for m in result.queued)
             extra += f" queued={queued}" + (" signed" if result.signed else "")
+        if verdict is not None:
+            extra += (" junk" if verdict.junk else "") + (f" {verdict.log}" if verdict.log else "")
         self._log(envelope, session, "accepted", reply, size=message.size, extra=extra)
+        return reply
+
+    def _refused(self, session: Session, envelope: PymailEnvelope, message: MessageContent,
+                 verdict) -> str:  # noqa: ANN001 - pymail.checks.verdict.Verdict
+        """Log and count a message the checks refused; its reply."""
+        reply = verdict.reply
+        kind = "tempfail" if reply.startswith("4") else "reject"
+        self._log(envelope, session, kind, reply, size=message.size,
+                  extra=f"reason=checks({verdict.decided_by}) {verdict.log}".rstrip())
+        metrics.SMTP_TRANSACTIONS.labels(self.service, kind).inc()
         return reply
 
     async def handle_exception(self, error: Exception) -> str:

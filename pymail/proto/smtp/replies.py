@@ -35,6 +35,13 @@ class Reply:
     TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
     NO_SPACE = "452 4.3.1 Insufficient system storage"
     TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+    # Inbound checks (pymail.checks): generic texts; the log line says what was found.
+    REJECT_DMARC = "550 5.7.1 Message rejected: the sender domain's DMARC policy says so"
+    REJECT_SPAM = "550 5.7.1 Message rejected as spam"
+    REJECT_POLICY = "550 5.7.1 Message rejected by policy"
+    REJECT_VIRUS = "554 5.7.1 Message content rejected"
+    TEMPFAIL_CHECKS = "451 4.7.1 Message could not be checked now, please try again later"
+    TEMPFAIL_GREYLIST = "451 4.7.1 Try again later"
     BARE_LINE_END = "550 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
     #: STARTTLS on a connection that is encrypted already (RFC 3207 section 4: only once)
     TLS_ALREADY = "503 5.5.1 TLS already active"
