@@ -24,6 +24,8 @@ Invariants:
 * The event loop never reads a file: a spooled message is read in blocks of
   `READ_BLOCK` octets in a worker thread, one block read ahead while the previous one
   is sent, so at most two blocks of a message are in memory whatever its size.
+* The sender yields to the event loop after every chunk, so a large message in memory
+  that the kernel takes as fast as it is written does not hold the loop for its length.
 * One connection per request: clamd serves each connection in a thread of its own
   (``MaxThreads``), and a fresh connection cannot be left in a half-spoken state.
 """
@@ -37,7 +39,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pymail.checks.results import ScannerError, VirusVerdict
 
@@ -134,7 +136,8 @@ class ClamdClient:
                 clean = True
                 return reply
         except TimeoutError:
-            raise ScannerError(f"clamd at {self.address} did not answer within {self.timeout:g} s") from None
+            raise ScannerError(f"clamd at {self.address} did not answer within "
+                               f"{self.timeout:g} s") from None
         except ScannerError:
             raise
         except OSError as e:
@@ -149,7 +152,8 @@ class ClamdClient:
                 return await asyncio.open_unix_connection(self.socket_path, limit=MAX_REPLY)
             return await asyncio.open_connection(self.host, self.port, limit=MAX_REPLY)
         except OSError as e:
-            raise ScannerError(f"cannot connect to clamd at {self.address}: {_os_reason(e)}") from None
+            raise ScannerError(f"cannot connect to clamd at {self.address}: "
+                               f"{_os_reason(e)}") from None
 
     async def _ping(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         writer.write(b"zPING\0")
@@ -160,7 +164,8 @@ class ClamdClient:
                         message: "MessageContent") -> str:
         # The reply is awaited while the message is sent: clamd answers early only to
         # refuse ("INSTREAM size limit exceeded. ERROR") and then closes, and a reply
-        # already read survives the EPIPE or reset the next write gets.
+        # already read survives the EPIPE or reset the next write gets.  An early reply
+        # is never a verdict: clamd has not seen the whole message.
         reply = asyncio.ensure_future(_read_reply(reader, self.address))
         try:
             writer.write(b"zINSTREAM\0")
@@ -173,13 +178,18 @@ class ClamdClient:
                             writer.write(struct.pack(">I", len(piece)))
                             writer.write(piece)
                             await writer.drain()
+                            # drain() does not yield while the kernel takes every chunk
+                            # (loopback): let other tasks, and the reply's reader, run
+                            await asyncio.sleep(0)
                             if reply.done():
-                                return await reply
+                                _early(await reply, self.address)
+                if reply.done():
+                    _early(await reply, self.address)
                 writer.write(_END_OF_STREAM)
                 await writer.drain()
             except OSError as e:
                 if reply.done() and not reply.cancelled() and reply.exception() is None:
-                    return reply.result()
+                    _early(reply.result(), self.address)
                 raise ScannerError(f"clamd at {self.address} closed the connection while the "
                                    f"message was sent: {_os_reason(e)}") from None
             return await reply
@@ -223,6 +233,13 @@ def _verdict(reply: str, address: str) -> VirusVerdict:
     raise ScannerError(f"clamd at {address} answered nonsense: {_short(reply)}")
 
 
+def _early(reply: str, address: str) -> NoReturn:
+    """A reply before the end of the stream: clamd's reason, or nonsense."""
+    if reply.endswith(" ERROR"):
+        raise ScannerError(f"clamd at {address}: {_short(reply)}")
+    raise ScannerError(f"clamd at {address} answered before the end of the message: {_short(reply)}")
+
+
 async def _read_reply(reader: asyncio.StreamReader, address: str) -> str:
     """One NUL-terminated reply (``z`` commands), decoded, without the NUL."""
     try:
@@ -233,7 +250,8 @@ async def _read_reply(reader: asyncio.StreamReader, address: str) -> str:
                                f"{_short(e.partial.decode('utf-8', 'replace'))}") from None
         raise ScannerError(f"clamd at {address} closed the connection without a reply") from None
     except asyncio.LimitOverrunError:
-        raise ScannerError(f"clamd at {address} answered nonsense: no NUL in {MAX_REPLY} octets") from None
+        raise ScannerError(f"clamd at {address} answered nonsense: no NUL in "
+                           f"{MAX_REPLY} octets") from None
     return raw[:-1].decode("utf-8", "replace").strip()
 
 
@@ -248,7 +266,8 @@ async def _blocks(message: "MessageContent") -> AsyncIterator[bytes | memoryview
     try:
         file: io.BufferedReader = await asyncio.to_thread(open, path, "rb")
     except OSError as e:
-        raise ScannerError(f"cannot read the message to scan ({path.name}): {_os_reason(e)}") from None
+        raise ScannerError(f"cannot read the message to scan ({path.name}): "
+                           f"{_os_reason(e)}") from None
     pending: asyncio.Future[bytes] | None = None
     try:
         pending = asyncio.ensure_future(asyncio.to_thread(file.read, READ_BLOCK))
