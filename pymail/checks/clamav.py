@@ -26,6 +26,8 @@ Invariants:
   is sent, so at most two blocks of a message are in memory whatever its size.
 * The sender yields to the event loop after every chunk, so a large message in memory
   that the kernel takes as fast as it is written does not hold the loop for its length.
+* At most `ClamdClient.max_connections` connections to clamd at once; a request waiting
+  for a free one waits within its `timeout`.
 * One connection per request: clamd serves each connection in a thread of its own
   (``MaxThreads``), and a fresh connection cannot be left in a half-spoken state.
 """
@@ -46,12 +48,16 @@ from pymail.checks.results import ScannerError, VirusVerdict
 if TYPE_CHECKING:
     from pymail.delivery.spool import MessageContent
 
-__all__ = ["ClamdClient", "DEFAULT_MAX_SIZE", "READ_BLOCK"]
+__all__ = ["ClamdClient", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_SIZE", "READ_BLOCK"]
 
 log = logging.getLogger("pymail.checks.clamav")
 
 #: The scan limit by default: Debian's sample clamd.conf ``StreamMaxLength 25M``.
 DEFAULT_MAX_SIZE = 25 * 1024 * 1024
+#: Connections open to one clamd at once: clamd's own default ``MaxThreads 10``.  More
+#: only wait in clamd's queue, and a flood is refused: 500 scans at once over clamd
+#: 1.4.6's unix socket without this bound, 199 connections were reset.
+DEFAULT_MAX_CONNECTIONS = 10
 #: Octets a worker thread reads from a spool file at a time (then sent in `chunk`s).
 READ_BLOCK = 1024 * 1024
 #: The longest reply we accept (clamd's are one short line; a longer one is garbage).
@@ -68,17 +74,21 @@ class ClamdClient:
 
     `address` is a unix socket path (it starts with ``/``) or ``host:port``, an IPv6
     host in brackets (``[::1]:3310``).  `timeout` bounds each whole exchange in seconds;
-    `max_size` is the scan limit in octets; `chunk` the octets per INSTREAM chunk.
+    `max_size` is the scan limit in octets; `chunk` the octets per INSTREAM chunk;
+    `max_connections` the connections open to clamd at once (more requests wait for
+    one, inside their `timeout`).
     """
 
     def __init__(self, address: str, *, timeout: float = 30.0, max_size: int = DEFAULT_MAX_SIZE,
-                 chunk: int = 64 * 1024) -> None:
+                 chunk: int = 64 * 1024, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         if timeout <= 0:
             raise ValueError(f"clamd timeout must be positive, not {timeout!r}")
         if max_size < 0:
             raise ValueError(f"clamd max_size must not be negative, not {max_size!r}")
         if not 0 < chunk < 2**32:
             raise ValueError(f"clamd chunk size out of range: {chunk!r}")
+        if max_connections < 1:
+            raise ValueError(f"clamd max_connections must be at least 1, not {max_connections!r}")
         self.address = address
         #: the unix socket path, or None for TCP
         self.socket_path: str | None = None
@@ -92,6 +102,10 @@ class ClamdClient:
         self.timeout = timeout
         self.max_size = max_size
         self.chunk = chunk
+        self.max_connections = max_connections
+        #: the connection slots, made for the event loop that first uses them
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"ClamdClient({self.address!r}, timeout={self.timeout}, max_size={self.max_size})"
@@ -127,7 +141,7 @@ class ClamdClient:
         writer: asyncio.StreamWriter | None = None
         clean = False
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout), self._connection_slot():
                 reader, writer = await self._connect()
                 reply: str = await speak(reader, writer)
                 writer.close()
@@ -145,6 +159,12 @@ class ClamdClient:
         finally:
             if writer is not None and not clean:
                 writer.transport.abort()
+
+    def _connection_slot(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots, self._slots_loop = asyncio.Semaphore(self.max_connections), loop
+        return self._slots
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
