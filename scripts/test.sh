@@ -52,8 +52,14 @@ postfix_preseed() {
 # - rspamd: the independent DKIM/SPF/DMARC verifier (tests/services/rspamd.py).  Its
 #   Recommends redis-server is not used: /checkv2 needs no Redis, and without one the
 #   greylist and ratelimit modules stay off, as deterministic tests want.
+# - clamav-daemon: clamd, the virus scanner the ClamAV check speaks INSTREAM to; the tests
+#   run a private one with a one-signature EICAR database (tests/services/clamd.py).  Its
+#   Depends "clamav-freshclam | clamav-data" installs freshclam, the database updater: it
+#   is never run (no test may reach the internet), and policy-rc.d keeps its daemon from
+#   starting at install.  Its Recommends clamdscan is not used: pymail and the tests
+#   speak the socket protocol themselves.
 postfix_preseed
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd clamav-daemon
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1

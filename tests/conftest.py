@@ -20,6 +20,7 @@ from tests.pymail_harness import PymailServer
 if TYPE_CHECKING:
     from tests.services.postgres import PostgresService
     from tests.services.s3 import MotoS3Service
+    from tests.services.clamd import ClamdService
     from tests.services.slapd import SlapdService
 
 BACKEND_PAIRS = ("sqlite+file", "postgres+s3")
@@ -58,6 +59,20 @@ def slapd_service() -> Iterator["SlapdService"]:
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def clamd_service() -> Iterator["ClamdService"]:
+    """A private clamd (tests/services/clamd.py) knowing one signature, EICAR, on a unix
+    socket and loopback TCP, one per test module: a module may stop or pause it, but
+    starts or resumes it before each test ends."""
+    from tests.services.clamd import start_clamd_service
+
+    service = start_clamd_service()
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 @dataclass
