@@ -73,7 +73,8 @@ class _DemotedLog(logging.LoggerAdapter):
         return self.logger.isEnabledFor(logging.DEBUG)
 
 
-_dkimpy_log = _DemotedLog(logging.getLogger("pymail.checks.dkimpy"), {})
+#: The logger dkimpy is given (by the DKIM and the ARC verifier).
+DKIMPY_LOG = _DemotedLog(logging.getLogger("pymail.checks.dkimpy"), {})
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _verify_in_thread(message: bytes, signatures: list[_Signature], min_key_bits
         return dkim_dnsfunc(name, timeout)
 
     try:
-        verifier = dkim.DKIM(message, logger=_dkimpy_log, minkey=min_key_bits)
+        verifier = dkim.DKIM(message, logger=DKIMPY_LOG, minkey=min_key_bits)
     except dkim.DKIMException as exc:
         for sig in signatures:
             if sig.result is None:
