@@ -21,7 +21,7 @@ key lookup SERVFAIL / timeout          temperror   6376 6.1.2 (TEMPFAIL)
 no key record (NXDOMAIN, none)         permerror   6376 6.1.2 ("no key for signature")
 key revoked (empty ``p=``)             permerror   6376 3.6.1, 6.1.2 ("key revoked")
 RSA key under `min_key_bits` (1024)    permerror   8301 3.2: MUST NOT be valid
-malformed signature / key, expired     permerror   6376 6.1.1, 6.1.2 (PERMFAIL)
+malformed, expired, From not in h=     permerror   6376 6.1.1, 6.1.2 (PERMFAIL)
 beyond `MAX_SIGNATURES`                policy      not verified (8601 2.7.1 "policy")
 =====================================  ==========  ===================================
 
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 MAX_SIGNATURES = 16
 
 _WS = re.compile(rb"\s+")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class _DemotedLog(logging.LoggerAdapter):
@@ -101,7 +102,8 @@ class _Signature:
 
 def _signature_fields(message: bytes) -> list[bytes]:
     """The values of the DKIM-Signature fields, in message order (dkimpy's idx)."""
-    headers, _ = dkim.rfc822_parse(message)
+    end = _HEADER_END.search(message)  # parse the header only, not the whole body
+    headers, _ = dkim.rfc822_parse(message[:end.end()] if end else message)
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
@@ -216,6 +218,10 @@ async def verify_dkim(resolver: Resolver, message: bytes, *, min_key_bits: int =
         domain, selector = sig.tag(b"d").lower(), sig.tag(b"s").lower()
         if not domain or not selector:
             sig.decide("permerror", "signature without d= or s=")
+            continue
+        signed = [name.strip().lower() for name in sig.tags.get(b"h", b"").split(b":")]
+        if b"h" in sig.tags and b"from" not in signed:
+            sig.decide("permerror", "From field not signed")  # RFC 6376 section 6.1.1
             continue
         sig.key_name = f"{selector}._domainkey.{domain}"
 

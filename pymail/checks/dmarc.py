@@ -103,12 +103,16 @@ def organizational_domain(domain: str) -> str:
 
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # ftext, RFC 5322 section 3.6.8
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def _header_fields(header_block: bytes) -> list[tuple[bytes, bytes]]:
     """(name, unfolded value) of each field up to the first empty line (RFC 5322
     section 2.2.3); a line that is neither a field nor a continuation is skipped."""
     fields: list[list[bytes]] = []
+    end = _HEADER_END.search(header_block)  # split the header only, not a whole message
+    if end:
+        header_block = header_block[:end.start()]
     for line in re.split(rb"\r?\n", header_block):
         if not line.strip(b"\r"):
             break

@@ -194,6 +194,8 @@ def test_unsigned_message_has_no_signatures(dns) -> None:
     (b" v=1; a=rsa-sha256; s=sel1; h=from; bh=AAAA; b=AAAA", "without d="),
     (b" v=1; a=rsa-sha999; d=signed.test; s=sel1; h=from; bh=AAAA; b=AAAA", "algorithm"),
     (b" v=1; a=rsa-sha256; d=signed.test; s=sel1; h=from; b=AAAA", "missing"),
+    (b" v=1; a=rsa-sha256; d=signed.test; s=sel1; h=to:subject; bh=AAAA; b=AAAA",
+     "From field not signed"),
 ])
 def test_malformed_signatures_are_permerror(dns, value, reason) -> None:
     (sig,) = check(dns, b"DKIM-Signature:" + value + b"\r\n" + MESSAGE)
