@@ -93,7 +93,7 @@ class DmarcResult:
 class ArcResult:
     """RFC 8617 chain validation."""
 
-    result: str  #: pass fail none
+    result: str  #: pass fail none; temperror when a key lookup got no DNS answer
     sealers: tuple[str, ...] = ()  #: d= of each ARC-Seal, instance 1 first
     #: the A-R of instance 1 (the first forwarder's view), for a trusted-sealer override
     first_dmarc: str = ""  #: "pass"/"fail"/... as instance 1's ARC-Authentication-Results said
