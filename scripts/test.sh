@@ -49,9 +49,14 @@ postfix_preseed() {
 #   trust anchor) is not used: our unbound knows no root and trusts only the test
 #   zones' own keys.  The zones are signed in Python (dnspython's dns.dnssec, already a
 #   dependency; tests/services/dnssec.py), so no signing package is needed.
-# - rspamd: the independent DKIM/SPF/DMARC verifier (tests/services/rspamd.py).  Its
-#   Recommends redis-server is not used: /checkv2 needs no Redis, and without one the
-#   greylist and ratelimit modules stay off, as deterministic tests want.
+# - rspamd: the independent DKIM/SPF/DMARC verifier (tests/services/rspamd.py) and the
+#   scanner pymail.checks.rspamd asks.  Its Recommends redis-server is named on its own
+#   (below); the greylist and ratelimit modules stay off even with it, as deterministic
+#   tests want.
+# - redis-server: a private instance on a free loopback port holding Rspamd's Bayes
+#   statistics for the spam-training tests (tests/services/redis.py); no persistence,
+#   nothing in /etc read, the system instance never started (policy-rc.d).  Depends:
+#   redis-tools (installed with it, not used); no Recommends.
 # - clamav-daemon: clamd, the virus scanner the ClamAV check speaks INSTREAM to; the tests
 #   run a private one with a one-signature EICAR database (tests/services/clamd.py).  Its
 #   Depends "clamav-freshclam | clamav-data" installs freshclam, the database updater: it
@@ -59,7 +64,7 @@ postfix_preseed() {
 #   starting at install.  Its Recommends clamdscan is not used: pymail and the tests
 #   speak the socket protocol themselves.
 postfix_preseed
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd clamav-daemon
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd redis-server clamav-daemon
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1

@@ -6,8 +6,17 @@ are redirected into the service's own directory with ``--var=LOCAL_CONFDIR=... R
 DBDIR LOGDIR``, and ``rspamd -f`` (no fork) runs in the foreground, its workers as
 ``_rspamd`` (rspamd refuses root workers), in its own process group.
 
-* One normal worker on 127.0.0.1:<free port>; the controller, proxy and fuzzy workers
-  are off.  Ready = ``GET /ping`` answers ``pong``.
+* One normal worker on 127.0.0.1:<free port>; the proxy and fuzzy workers are off, and
+  so is the controller unless asked for (``controller=True``): then it listens on a
+  free loopback port of its own (`controller_url`), and its learn endpoints
+  (``/learnspam``, ``/learnham``) want the ``Password`` header when
+  ``controller_password`` is given, or nothing from 127.0.0.1 (``secure_ip``) when not.
+  Ready = ``GET /ping`` answers ``pong`` (on both workers).
+* Bayes: without ``redis`` (the default) the classifier has no backend and stays off.
+  With ``redis="127.0.0.1:PORT"`` (tests/services/redis.py) the Bayes statistics live
+  there -- only there: the Redis address goes to ``local.d/classifier-bayes.conf``, not
+  to the global ``redis.conf``, so no other module starts using Redis (greylist and
+  ratelimit stay off whatever) -- with ``min_learns = bayes_min_learns`` (stock 200).
 * DNS: only the tests' NSD (``options.dns.nameserver``), never /etc/resolv.conf; names
   outside the test zones get REFUSED at once.  fuzzy_check, rspamd_update, RBLs, ASN
   and greylisting are off (they would ask the outside world or need Redis); so is
@@ -98,13 +107,21 @@ class RspamdService:
     """One rspamd process (see the module docstring); `dns_port` is the tests' NSD."""
 
     def __init__(self, dns_port: int, *, dns_host: str = HOST, port: int | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, controller: bool = False,
+                 controller_password: str | None = None, redis: str | None = None,
+                 bayes_min_learns: int = 5) -> None:
         self.binary = shutil.which("rspamd") or "/usr/bin/rspamd"
         if not os.access(self.binary, os.X_OK) or not SYSTEM_CONFIG.exists():
             raise RspamdServiceError(f"rspamd not found: apt-get install {DEBIAN_PACKAGE}")
         self.dns = f"{dns_host}:{dns_port}"
         self.port = port or _free_port()
         self.cache_dir = cache_dir or CACHE_DIR / "rspamd-hs"
+        #: the controller worker's port (None: no controller)
+        self.controller_port = _free_port() if controller else None
+        self.controller_password = controller_password
+        #: ``host:port`` of the Redis holding the Bayes statistics (None: no Bayes)
+        self.redis = redis
+        self.bayes_min_learns = bayes_min_learns
         self.root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         #: Seconds the last start took until /ping answered.
@@ -113,6 +130,12 @@ class RspamdService:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def controller_url(self) -> str:
+        if self.controller_port is None:
+            raise RspamdServiceError("this rspamd was started without its controller")
+        return f"http://{HOST}:{self.controller_port}"
 
     # -- configuration -------------------------------------------------------------------
 
@@ -125,6 +148,17 @@ class RspamdService:
         (override / "worker-normal.inc").write_text(f'bind_socket = "{HOST}:{self.port}";\ncount = 1;\n')
         for worker in ("controller", "proxy", "fuzzy"):
             (override / f"worker-{worker}.inc").write_text("enabled = false;\n")
+        if self.controller_port is not None:
+            controller = f'bind_socket = "{HOST}:{self.controller_port}";\ncount = 1;\n'
+            if self.controller_password:
+                quoted = json.dumps(self.controller_password)
+                controller += f"password = {quoted};\nenable_password = {quoted};\n"
+                # asked of every client: the stock secure_ip (127.0.0.1, ::1) would let
+                # loopback in without one, so it is replaced by a documentation address
+                controller += 'secure_ip = "192.0.2.1";\n'
+            else:
+                controller += f'secure_ip = "{HOST}";\n'
+            (override / "worker-controller.inc").write_text(controller)
         (override / "logging.inc").write_text(
             f'type = "file";\nfilename = "{self.root}/log/rspamd.log";\nlevel = "info";\n')
         (override / "options.inc").write_text(
@@ -143,6 +177,9 @@ class RspamdService:
             (local / f"{module}.conf").write_text("enabled = false;\n")
         for module in ("spf", "dkim", "dmarc"):
             (local / f"{module}.conf").write_text("check_local = true;\ncheck_authed = true;\n")
+        if self.redis is not None:
+            (local / "classifier-bayes.conf").write_text(
+                f'servers = "{self.redis}";\nmin_learns = {self.bayes_min_learns};\n')
 
     def _prepare_dirs(self) -> None:
         assert self.root is not None
@@ -191,16 +228,17 @@ class RspamdService:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RspamdServiceError(f"rspamd exited with {self.proc.returncode}: {self.log()}")
-                if self._pong():
+                if self._pong(self.port) and (self.controller_port is None
+                                              or self._pong(self.controller_port)):
                     self.start_seconds = time.monotonic() - started
                     return
                 time.sleep(0.1)
         self.stop_server()
         raise RspamdServiceError(f"rspamd did not answer /ping within {READY_TIMEOUT} s: {self.log()}")
 
-    def _pong(self) -> bool:
+    def _pong(self, port: int) -> bool:
         with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+            conn = http.client.HTTPConnection(HOST, port, timeout=2)
             try:
                 conn.request("GET", "/ping")
                 response = conn.getresponse()
@@ -280,7 +318,8 @@ class RspamdService:
 
     def __repr__(self) -> str:
         state = "running" if self.proc is not None and self.proc.poll() is None else "stopped"
-        return f"RspamdService({self.url}, DNS {self.dns}, {state})"
+        controller = f", controller {self.controller_url}" if self.controller_port else ""
+        return f"RspamdService({self.url}{controller}, DNS {self.dns}, {state})"
 
 
 def start_rspamd_service(dns_port: int, **kwargs: Any) -> RspamdService:

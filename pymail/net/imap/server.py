@@ -46,7 +46,9 @@ from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.spool import MessageContent, Spool
 from pymail.net.imap.append import LiteralSpool
 from pymail.net.imap.refusals import Logout
-from pymail.net.imap.session import DEFAULT_APPEND_LIMIT, DEFAULT_FETCH_SECTIONS, ImapSession
+from pymail.net.imap.session import (
+    DEFAULT_APPEND_LIMIT, DEFAULT_FETCH_SECTIONS, CopyObserver, ImapSession,
+)
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import (
@@ -99,7 +101,7 @@ class ImapConnection(StreamConnection):
                                    append_limit=service.append_limit, watcher=service.watcher,
                                    mailbox_limits=service.mailbox_limits,
                                    fetch_sections=service.fetch_sections,
-                                   pipeline=service.pipeline)
+                                   pipeline=service.pipeline, on_copied=service.on_copied)
 
     def _reader(self) -> CommandReader:
         spool = self.imap.spool
@@ -257,14 +259,16 @@ class ImapService(StreamService):
                  mailbox_limits: MailboxLimits = MailboxLimits(),
                  fetch_sections: int = DEFAULT_FETCH_SECTIONS,
                  spool: Spool | None = None,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline,
+                 on_copied: CopyObserver | None = None) -> None:
         """`append_limit` is APPENDLIMIT (RFC 7889: the largest message APPEND takes,
         pymail's ``limits.message_size``); `watcher` is shared by the services of one
         process so that they hold one change feed between them; `timeouts`,
         `prelogin_literal`, `mailbox_limits` and `fetch_sections` come from ``[limits]``;
         `spool` takes APPEND literals above its threshold as they arrive (None: every
         literal is held whole), `pipeline` delivers what APPEND takes (the one the MX
-        and submission deliver through)."""
+        and submission deliver through); `on_copied` is told of every COPY/MOVE
+        (spam training, `pymail.checks.training.JunkLearning`; None: nobody)."""
         super().__init__(name, addresses, store, authenticator, ssl_context,
                          implicit_tls=implicit_tls, reuse_port=reuse_port,
                          trusted_proxies=trusted_proxies, limiter=limiter, timeouts=timeouts)
@@ -275,3 +279,4 @@ class ImapService(StreamService):
         self.fetch_sections = fetch_sections
         self.spool = spool
         self.pipeline = pipeline
+        self.on_copied = on_copied

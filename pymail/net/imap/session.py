@@ -107,6 +107,18 @@ TEXT_NOT_SUPPORTED = "Not supported"
 TEXT_READ_ONLY = "Mailbox is read-only"
 
 
+class CopyObserver(Protocol):
+    """Told of the messages a COPY or MOVE put into another mailbox (spam training:
+    `pymail.checks.training.JunkLearning`).  `wants` is asked first, so that copies
+    nobody listens to cost no index read; `copied` gets the copies' blob keys and must
+    return at once and not block (queue the work); an exception from it is logged and
+    does not change the command's OK."""
+
+    def wants(self, source: Mailbox, target: Mailbox) -> bool: ...
+
+    def copied(self, user: User, source: Mailbox, target: Mailbox, blob_keys: list[str]) -> None: ...
+
+
 class Channel(Protocol):
     """What the session needs from its connection (implemented in `server.py`)."""
 
@@ -182,8 +194,10 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
                  watcher: MailboxWatcher | None = None,
                  mailbox_limits: MailboxLimits = MailboxLimits(),
                  fetch_sections: int = DEFAULT_FETCH_SECTIONS,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline, on_copied: CopyObserver | None = None) -> None:
         self.store = store
+        #: told of every COPY/MOVE (spam training); None: nobody listens
+        self.on_copied = on_copied
         #: APPEND delivers through it, as the MX and submission do
         self.pipeline = pipeline
         self.authenticator = authenticator
@@ -727,12 +741,30 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         if not pairs:
             return f"{command.name} completed"
         code = r.code_copyuid(target.uidvalidity, [p[0] for p in pairs], [p[1] for p in pairs])
+        if self.on_copied is not None:
+            await self._tell_copied(sel.mailbox, target, [p[1] for p in pairs])
         if command.name == "MOVE":  # RFC 6851 section 4.3: COPYUID before the EXPUNGEs
             await self.send(r.untagged_status(r.STATUS_OK, "Moved", code))
             return "MOVE completed"
         return "COPY completed", code
 
     cmd_move = cmd_copy
+
+    async def _tell_copied(self, source: Mailbox, target: Mailbox, new_uids: list[int]) -> None:
+        """Give `on_copied` the blob keys of the copies (read back from the target: one
+        UID range, the new UIDs of one transaction).  The copy is done whatever happens
+        here: a failure is a log line, not the command's answer."""
+        observer, user = self.on_copied, self.user
+        assert observer is not None and user is not None
+        try:
+            if not observer.wants(source, target):
+                return
+            wanted = set(new_uids)
+            records = await self.store.index.list_messages(target.id, min(wanted), max(wanted))
+            observer.copied(user, source, target, [m.blob_key for m in records if m.uid in wanted])
+        except Exception:
+            log.warning("imap: copy from %s to %s not reported to the copy observer",
+                        source.name, target.name, exc_info=True)
 
     # -- untagged updates -------------------------------------------------------------------
 
