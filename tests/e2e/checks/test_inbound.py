@@ -53,9 +53,9 @@ def test_signed_mail_from_an_authorised_host_lands_in_inbox_with_one_authenticat
     result = subprocess.run(
         ["swaks", "--server", f"127.0.0.1:{inbound.server.port}", "--local-interface", SENDER_IP,
          "--helo", "mx.remote.test", "--from", "alice@signed.test", "--to", RECIPIENT,
-         "--data", str(tmp_path / "msg.eml"), "--timeout", "60"],
+         "--data", f"@{tmp_path / 'msg.eml'}", "--timeout", "60"],
         capture_output=True, text=True, timeout=90)
-    assert "<~  250 2.0.0" in result.stdout, result.stdout + result.stderr
+    assert "<-  250 2.0.0" in result.stdout, result.stdout + result.stderr
     stored = inbound.mailbox()[before:]
     assert len(stored) == 1
     ar = our_ar(stored[0])
