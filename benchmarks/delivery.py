@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blobs", choices=("file", "s3"), default="file",
                    help="pymail's message store: files, or S3 on a moto server started for "
                         "the run (moto is an in-memory stand-in for MinIO; default file)")
+    p.add_argument("--checks", action="store_true",
+                   help="inbound checks on: Rspamd, clamd and NSD started here (SPF, DKIM "
+                   "(every message signed), DMARC p=reject, iprev), all asked for every message")
     p.add_argument("--target", metavar="HOST:PORT",
                    help="aim at an already-running SMTP server on loopback instead of starting "
                    "pymail (e2e is then n/a; CPU too unless --server-pid)")
@@ -245,6 +248,10 @@ class MessageFactory:
     body_len: int = 0  #: body octets without stuffing and terminator
     header_len: int = 0
     date: str = ""
+    #: (selector, domain, private key PEM): every message carries one DKIM signature
+    #: over its From, Date and MIME headers and the shared body (--checks)
+    dkim_key: tuple[bytes, bytes, bytes] | None = None
+    dkim_signature: bytes = b""
 
     def __post_init__(self) -> None:
         self.date = email.utils.formatdate(localtime=True)
@@ -254,9 +261,18 @@ class MessageFactory:
         self.body_len = sum(len(x) + 2 for x in lines)
         stuffed = [b"." + x if x.startswith(b".") else x for x in lines]
         self.body_wire = b"\r\n".join(stuffed) + b"\r\n.\r\n"
+        if self.dkim_key is not None:
+            import dkim
+
+            selector, domain, pem = self.dkim_key
+            body = b"\r\n".join(lines) + b"\r\n"
+            self.dkim_signature = dkim.sign(
+                self.headers(0) + body, selector, domain, pem,
+                include_headers=[b"from", b"date", b"mime-version", b"content-type"])
+            self.header_len = len(self.headers(0))
 
     def headers(self, seq: int) -> bytes:
-        return (
+        return self.dkim_signature + (
             f"Date: {self.date}\r\n"
             f"From: Benchmark Load Generator <{self.mail_from}>\r\n"
             f"To: <{self.rcpt}>\r\n"
@@ -998,6 +1014,7 @@ def _main(args: argparse.Namespace) -> int:
 
     server: PymailProcess | None = None
     workdir: Path | None = None
+    checks: Any = None  #: benchmarks.checks_services.CheckServices with --checks
     services: list[Any] = []
     rows: list[LevelResult] = []
     meta: dict[str, Any] = {}
@@ -1005,6 +1022,11 @@ def _main(args: argparse.Namespace) -> int:
         if target is None:
             workdir = Path(tempfile.mkdtemp(prefix="pymail-bench-", dir=args.data_parent))
             storage_config = start_storage_services(args.backend, args.blobs, workdir, services)
+            if args.checks:
+                from benchmarks.checks_services import start_check_services
+
+                checks = start_check_services(workdir, services)
+                storage_config += checks.config
             server = PymailProcess(workdir, args.workers, storage_config)
             server.start()
             host, port, server_pid = server.host, server.port, server.proc.pid  # type: ignore[union-attr]
@@ -1023,7 +1045,8 @@ def _main(args: argparse.Namespace) -> int:
             warm_rcpt = rcpts[0]
             server_desc = f"target {_hostport(host, port)}" + (f" (pid {server_pid})" if server_pid else "")
             fs = None
-        size_factory = MessageFactory(args.mail_from, rcpts[0], args.size, run_id)
+        dkim_key = checks.dkim_key if checks is not None else None
+        size_factory = MessageFactory(args.mail_from, rcpts[0], args.size, run_id, dkim_key=dkim_key)
         meta = {
             "benchmark": "delivery",
             "started_at": started.isoformat(timespec="seconds"),
@@ -1068,7 +1091,8 @@ def _main(args: argparse.Namespace) -> int:
             try:
                 seq = 0
                 if args.warmup:
-                    f = MessageFactory(args.mail_from, warm_rcpt, args.size, run_id + ".warmup")
+                    f = MessageFactory(args.mail_from, warm_rcpt, args.size, run_id + ".warmup",
+                                       dkim_key=dkim_key)
                     wl = LoadGenerator(host, port, f, concurrency=1, count=args.warmup,
                                        per_connection=args.messages_per_connection,
                                        reply_timeout=args.reply_timeout)
@@ -1078,7 +1102,7 @@ def _main(args: argparse.Namespace) -> int:
                         print(f"  warm-up: {ws.accepted}/{args.warmup} accepted, errors: "
                               + ", ".join(f"{k} x{v}" for k, v in ws.errors.items()), flush=True)
                 for conc, rcpt in zip(args.concurrency, rcpts):
-                    factory = MessageFactory(args.mail_from, rcpt, args.size, run_id)
+                    factory = MessageFactory(args.mail_from, rcpt, args.size, run_id, dkim_key=dkim_key)
                     watcher = InboxWatcher(store, rcpt) if store is not None else None
                     print(f"  running concurrency {conc} ...", end="", flush=True)
                     r = await run_level(
