@@ -55,6 +55,7 @@ from pymail.store.space import FreeSpace
 
 if TYPE_CHECKING:
     from pymail.delivery.runner import QueueRunner
+    from pymail.net.imap.session import CopyObserver
 
 log = logging.getLogger("pymail")
 
@@ -195,6 +196,9 @@ class Worker:
     pipeline: Pipeline | None = None
     #: drains the outbound queue to remote servers (started with the listeners)
     runner: "QueueRunner | None" = None
+    #: told of every IMAP COPY/MOVE (spam training: pymail.checks.training.JunkLearning);
+    #: set before `start` (None: nobody listens)
+    copy_observer: "CopyObserver | None" = None
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -298,6 +302,7 @@ class Worker:
                 fetch_sections=cfg.limits.fetch_sections,
                 spool=spool,
                 pipeline=self.pipeline,
+                on_copied=self.copy_observer,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s

@@ -13,11 +13,15 @@ controller on and its Bayes statistics in a private Redis (tests/services/redis.
   too short is refused for good (`LearnRefused`); a wrong password or Redis down is an
   outage.  The trainer keeps a job while the controller is down and learns it once it
   is back.
+* Training from the mailbox: over IMAP, a message moved or copied into Junk is learned
+  as spam, one moved out of Junk to INBOX as ham, Junk -> Trash and INBOX -> Archive
+  teach nothing (pymail.checks.training.JunkLearning on a real pymail worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -29,14 +33,18 @@ from aiohttp import web
 
 from pymail.checks.results import ScannerError
 from pymail.checks.rspamd import LearnRefused, RspamdClient, RspamdMeta
-from pymail.checks.training import SpamTrainer
+from pymail.app import Worker, prepare_spool, prepare_tls
+from pymail.checks.training import JunkLearning, SpamTrainer
+from pymail.config import load_config
 from pymail.delivery.spool import MessageContent
 from tests.internet import PYMAIL_ADDRESS, PYMAIL_HOSTNAME, default_zones
 from tests.services.nsd import NsdService, start_nsd_service
 from tests.services.redis import RedisService, start_redis_service
+from tests.pymail_harness import PymailServer
 from tests.services.rspamd import RspamdService
 
 PASSWORD = "learn-secret"
+ALICE = "alice@example.test"
 TEST_PATTERN = b"JS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 GTUBE = b"X" + TEST_PATTERN  #: reject
 ADD_HEADER = b"Y" + TEST_PATTERN  #: add header
@@ -376,3 +384,64 @@ def test_the_trainer_keeps_a_job_while_the_controller_is_down(running: RspamdSer
             await client.close()
 
     run(go())
+
+
+# -- the IMAP side: COPY/MOVE into and out of Junk -------------------------------------------
+
+
+def test_moving_into_and_out_of_junk_over_imap_teaches_rspamd(
+        running: RspamdService, redis: RedisService, tmp_path: Path) -> None:
+    """A real pymail worker (in this process, so that the test can hang the trainer on
+    it as pymail.app will) and a real IMAP client over TLS."""
+    redis.flush()
+    server = PymailServer(tmp_path, imaps=True)
+    server.add_user(ALICE)
+    config = load_config(server.config_path)
+    prepare_spool(config)
+    prepare_tls(config)
+    spam = message("Exclusive offer", family(SPAM_WORDS, 7001), msgid="spam-7001@example.test")
+    ham = message("Project status", family(HAM_WORDS, 7002), msgid="ham-7002@example.test")
+    other = message("Exclusive offer", family(SPAM_WORDS, 7003), msgid="spam-7003@example.test")
+
+    def imap_session() -> None:
+        client = server.imaps_client(ALICE)
+        try:
+            for raw in (spam, ham, other):
+                assert client.append("INBOX", None, None, raw)[0] == "OK"
+            client.select("INBOX")
+            assert client.uid("MOVE", "1", "Junk")[0] == "OK"  # spam -> learned as spam
+            assert client.uid("COPY", "2:3", "Junk")[0] == "OK"  # both learned as spam
+            assert client.uid("COPY", "2", "Archive")[0] == "OK"  # nothing learned
+            client.select("Junk")  # UIDs 1 (spam), 2 (ham), 3 (other)
+            assert client.uid("MOVE", "2", "INBOX")[0] == "OK"  # ham: learned as ham
+            assert client.uid("MOVE", "3", "Trash")[0] == "OK"  # thrown away: nothing
+            client.logout()
+        finally:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    async def go() -> None:
+        client = client_for(running)
+        worker = Worker(config)
+        trainer = SpamTrainer(client, lambda key: worker.store.blobs.get(key))
+        worker.copy_observer = JunkLearning(trainer)
+        trainer.start()
+        try:
+            await worker.start()
+            await asyncio.to_thread(imap_session)
+            await asyncio.wait_for(trainer.idle(), 20)
+        finally:
+            await trainer.stop()
+            await worker.stop()
+            await client.close()
+        assert (trainer.learned, trainer.dropped) == (4, 0)
+
+    mark = running.learned()
+    run(go())
+    # Rspamd's own word, from its log: what it learned, in order
+    assert running.learned()[len(mark):] == [
+        ("spam", "spam-7001@example.test"),  # INBOX -> Junk (MOVE)
+        ("spam", "ham-7002@example.test"),  # INBOX -> Junk (COPY)
+        ("spam", "spam-7003@example.test"),
+        ("ham", "ham-7002@example.test"),  # Junk -> INBOX (MOVE)
+    ]

@@ -51,6 +51,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -290,6 +291,15 @@ class RspamdService:
             if path.exists():
                 out.append(path.read_text(errors="replace")[-4000:])
         return "\n".join(out)
+
+    def learned(self) -> list[tuple[str, str]]:
+        """(kind, Message-ID) of every message the controller learned, oldest first, as
+        its log says ("learned message as spam: <id>"; ``undef`` for no Message-ID)."""
+        if self.root is None:
+            return []
+        path = self.root / "log" / "rspamd.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return re.findall(r"learned message as (spam|ham): (\S+)", text)
 
     # -- scanning ----------------------------------------------------------------------------
 
