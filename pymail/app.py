@@ -25,6 +25,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,8 @@ from pymail.store.space import FreeSpace
 
 if TYPE_CHECKING:
     from pymail.delivery.runner import QueueRunner
+    from pymail.checks.training import SpamTrainer
+    from pymail.net.imap.session import CopyObserver
 
 log = logging.getLogger("pymail")
 
@@ -200,6 +203,13 @@ class Worker:
     #: the inbound checks and the resolver they share with outbound delivery
     checks: Checks | None = None
     resolver: DnsResolver | None = None
+    #: told of every IMAP COPY/MOVE (spam training: pymail.checks.training.JunkLearning);
+    #: made at start when [checks] names Rspamd's controller (None: nobody listens)
+    copy_observer: "CopyObserver | None" = None
+    #: teaches Rspamd what users move into and out of Junk (with copy_observer)
+    trainer: "SpamTrainer | None" = None
+    #: closed at stop, after the services (clients of helper services)
+    _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> list[str]:
         cfg = self.config
@@ -229,6 +239,8 @@ class Worker:
         # One resolver (and its cache) for the inbound checks and outbound delivery.
         self.resolver = resolver_from_config(cfg.dns)
         self.checks = Checks.from_config(cfg, self.resolver)
+        if self.copy_observer is None and cfg.checks.rspamd_controller_url:
+            await self._start_spam_training()
         handler = MxHandler(
             pipeline=self.pipeline,
             hostname=cfg.server.hostname,
@@ -308,6 +320,7 @@ class Worker:
                 fetch_sections=cfg.limits.fetch_sections,
                 spool=spool,
                 pipeline=self.pipeline,
+                on_copied=self.copy_observer,
             )
             lines += await self._bind(name, imap, addresses, "implicit TLS" if implicit_tls else "STARTTLS")
         pop3_locks = MaildropLocks()  # one maildrop lock table for pop3 and pop3s
@@ -343,6 +356,29 @@ class Worker:
             lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
         self._start_queue_runner()
         return lines
+
+    async def _start_spam_training(self) -> None:
+        """Rspamd learns what users move into Junk (spam) and out of it (ham) over IMAP,
+        off the command's path (pymail.checks.training)."""
+        from pymail.checks.rspamd import RspamdClient
+        from pymail.checks.training import JunkLearning, SpamTrainer
+
+        assert self.store is not None
+        checks = self.config.checks
+        password = None
+        if checks.rspamd_password_file is not None:
+            try:
+                password = (await asyncio.to_thread(checks.rspamd_password_file.read_text)).strip()
+            except OSError as e:
+                raise StartupError(f"checks.rspamd_password_file: cannot read "
+                                   f"{checks.rspamd_password_file}: {e.strerror or e}") from None
+        learner = RspamdClient(checks.rspamd_url or checks.rspamd_controller_url,
+                               timeout=checks.rspamd_timeout,
+                               controller_url=checks.rspamd_controller_url, password=password)
+        self.trainer = SpamTrainer(learner, self.store.blobs.get)
+        self._closing.append(learner.close)
+        self.trainer.start()
+        self.copy_observer = JunkLearning(self.trainer)
 
     def _start_queue_runner(self) -> None:
         """The outbound queue's runner for this process: remote delivery over the
@@ -451,6 +487,10 @@ class Worker:
         if self.runner is not None:
             stopping.append(self.runner.stop(QUEUE_GRACE_SECONDS))
         await asyncio.gather(*stopping)
+        if self.trainer is not None:
+            await self.trainer.stop()
+        for close in self._closing:
+            await close()
         if self.checks is not None:
             await self.checks.close()
         if self.store is not None:

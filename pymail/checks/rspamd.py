@@ -19,19 +19,24 @@ Invariants:
 * Header values are the client's words (HELO, MAIL FROM): CR, LF and other control
   characters are replaced by spaces before they go on the wire.
 * One `aiohttp.ClientSession` per client, made on first use, closed by `close()`.
-* `learn` treats "already learned" (HTTP 208, the message id's learn signature in the
-  Bayes cache) as done; a refusal Rspamd will repeat for the same message (HTTP 204,
-  fewer tokens than ``min_tokens``; another 4xx with an error text) raises
-  `LearnRefused` (a `ScannerError`), so a retrying caller can drop it; everything else
-  -- 401/403 (wrong password), 5xx, Redis down (Rspamd 3.4 then answers a malformed
-  status line), no connection -- is a plain `ScannerError`: retry later.
+* `learn` treats "already learned" (HTTP 208: the learn cache knows the message; HTTP
+  204 "all learn conditions denied": Bayes files it in that class already) as done; a
+  refusal Rspamd will repeat for the same message (HTTP 204, fewer tokens than
+  ``min_tokens``; another 4xx with an error text) raises `LearnRefused` (a
+  `ScannerError`), so a retrying caller can drop it; everything else -- 401/403 (wrong
+  password), 5xx, Redis down (Rspamd 3.4 then answers a malformed status line), no
+  connection -- is a plain `ScannerError`: retry later.  The controller's answers are
+  read by a small HTTP/1.1 exchange of our own (`_post_closing`), not aiohttp, which
+  rightly refuses a 204 with a body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +57,14 @@ CHUNK = 256 * 1024
 #: What learning answers with when the message was taught before (Bayes signatures:
 #: "<id> has been already learned as spam, ignore it"; the learn condition:
 #: "already in class spam; probability 99.9%"): done, not an error.
-_ALREADY = re.compile(r"already learned|already in class", re.IGNORECASE)
+#: "all learn conditions denied learning spam": the learn condition said "already in
+#: class" (Rspamd 3.4 sends only this generic text): done too.
+_ALREADY = re.compile(r"already learned|already in class|learn conditions denied", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 #: Longest body text quoted in a ScannerError.
 _QUOTE = 120
+#: Longest learn answer read (Rspamd's are a line of JSON).
+_MAX_ANSWER = 64 * 1024
 
 
 class LearnRefused(ScannerError):
@@ -165,6 +174,42 @@ def parse_verdict(data: Any) -> SpamVerdict:
     )
 
 
+async def _post_closing(url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+    """POST `body` over a connection of its own and read the answer to its end: the
+    status and the body.
+
+    The controller's learn answers are not HTTP an ordinary client accepts: a 204 with
+    a body ("skip learning: ..."), a status line without a number's meaning when Redis is
+    down ("HTTP/1.1 1 cannot get learned: ...").  It always closes the connection after
+    its answer, so the answer is read up to EOF (at most `_MAX_ANSWER` octets) and taken
+    apart here; a status line that makes no sense raises `ValueError`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http:// URL: {url}")
+    host, port = parts.hostname, parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+             "Accept-Encoding: identity", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {_clean(value)}" for name, value in headers]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
+        await writer.drain()
+        answer = await reader.read(_MAX_ANSWER)
+        while len(answer) < _MAX_ANSWER and (more := await reader.read(_MAX_ANSWER - len(answer))):
+            answer += more
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    match = re.match(r"HTTP/1\.[01] (\d{3}) ", status_line + " ")
+    if match is None:
+        raise ValueError(f"malformed answer: {_clean(status_line)[:_QUOTE]!r}")
+    return int(match.group(1)), rest
+
+
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     """A spool file's octets, read in a worker thread `CHUNK` at a time."""
     handle = await asyncio.to_thread(open, path, "rb")
@@ -190,9 +235,12 @@ class RspamdClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # Rspamd is a local service: no proxy from the environment, no cookies.
+            # Rspamd is a local service: no proxy from the environment, no cookies, and no
+            # compressed answers (Rspamd 3.4 gzips an error reply and gives the length of
+            # the plain one: the client sees "data after Connection: close").
             self._session = aiohttp.ClientSession(timeout=self.timeout, trust_env=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar())
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
+                                                  headers={"Accept-Encoding": "identity"})
         return self._session
 
     async def close(self) -> None:
@@ -248,7 +296,13 @@ class RspamdClient:
             raise ScannerError("rspamd: no controller configured for learning")
         url = f"{self.controller_url}/learn{kind}"
         headers = [("Password", self.password)] if self.password else []
-        status, answer = await self._request("POST", url, headers=headers, data=message)
+        try:
+            async with asyncio.timeout(self.timeout.total):
+                status, answer = await _post_closing(url, headers, message)
+        except TimeoutError:
+            raise ScannerError(f"rspamd {url}: no answer within {self.timeout.total:g} s") from None
+        except (OSError, ValueError) as exc:
+            raise ScannerError(f"rspamd {url}: {_clean(str(exc)) or type(exc).__name__}") from None
         try:
             data = json.loads(answer)
         except ValueError:
@@ -259,11 +313,9 @@ class RspamdClient:
         if isinstance(error, str) and _ALREADY.search(error):
             return
         reason = f"rspamd {url} answered HTTP {status}: {_quote(answer)}"
-        if status == 204:  # "skip learning": fewer tokens than min_tokens, learn condition
-            raise LearnRefused(f"rspamd {url} skipped learning (HTTP 204: too few tokens?)")
-        # 4xx other than a refused password: Rspamd judged the message (too few tokens,
-        # no statfile for this class, ...) and will judge it the same way again.
-        if 400 <= status < 500 and status not in (401, 403) and isinstance(error, str) and error:
+        # 204 "skip learning" (fewer tokens than min_tokens), or another 4xx but a refused
+        # password: Rspamd judged the message and will judge it the same way again.
+        if status == 204 or (400 <= status < 500 and status not in (401, 403) and error):
             raise LearnRefused(reason)
         raise ScannerError(reason)
 

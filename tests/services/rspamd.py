@@ -17,6 +17,8 @@ DBDIR LOGDIR``, and ``rspamd -f`` (no fork) runs in the foreground, its workers 
   there -- only there: the Redis address goes to ``local.d/classifier-bayes.conf``, not
   to the global ``redis.conf``, so no other module starts using Redis (greylist and
   ratelimit stay off whatever) -- with ``min_learns = bayes_min_learns`` (stock 200).
+* ``milter_headers=("x-spam-status", ...)``: those routines of the milter_headers
+  module are on, so the answer carries ``milter.add_headers`` (none by default).
 * DNS: only the tests' NSD (``options.dns.nameserver``), never /etc/resolv.conf; names
   outside the test zones get REFUSED at once.  fuzzy_check, rspamd_update, RBLs, ASN
   and greylisting are off (they would ask the outside world or need Redis); so is
@@ -33,6 +35,10 @@ DBDIR LOGDIR``, and ``rspamd -f`` (no fork) runs in the foreground, its workers 
   which a start takes about a second.  `READY_TIMEOUT` covers a cold start on a busy
   machine.
 
+Start it from a thread that outlives it (the test's main thread, not ``asyncio.to_thread``):
+the child's parent-death signal (``PR_SET_PDEATHSIG``) follows the thread that forked it,
+so a pool thread's exit at the end of ``asyncio.run`` would stop Rspamd.
+
 Needs the Debian package ``rspamd``; without it `RspamdServiceError` says what to install.
 """
 
@@ -45,6 +51,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -109,7 +116,7 @@ class RspamdService:
     def __init__(self, dns_port: int, *, dns_host: str = HOST, port: int | None = None,
                  cache_dir: Path | None = None, controller: bool = False,
                  controller_password: str | None = None, redis: str | None = None,
-                 bayes_min_learns: int = 5) -> None:
+                 bayes_min_learns: int = 5, milter_headers: tuple[str, ...] = ()) -> None:
         self.binary = shutil.which("rspamd") or "/usr/bin/rspamd"
         if not os.access(self.binary, os.X_OK) or not SYSTEM_CONFIG.exists():
             raise RspamdServiceError(f"rspamd not found: apt-get install {DEBIAN_PACKAGE}")
@@ -122,6 +129,8 @@ class RspamdService:
         #: ``host:port`` of the Redis holding the Bayes statistics (None: no Bayes)
         self.redis = redis
         self.bayes_min_learns = bayes_min_learns
+        #: milter_headers routines to turn on (``use``), e.g. ("x-spam-status",)
+        self.milter_headers = milter_headers
         self.root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         #: Seconds the last start took until /ping answered.
@@ -177,6 +186,10 @@ class RspamdService:
             (local / f"{module}.conf").write_text("enabled = false;\n")
         for module in ("spf", "dkim", "dmarc"):
             (local / f"{module}.conf").write_text("check_local = true;\ncheck_authed = true;\n")
+        if self.milter_headers:
+            (local / "milter_headers.conf").write_text(  # every test client is local
+                f"use = {json.dumps(list(self.milter_headers))};\n"
+                "skip_local = false;\nskip_authenticated = false;\n")
         if self.redis is not None:
             (local / "classifier-bayes.conf").write_text(
                 f'servers = "{self.redis}";\nmin_learns = {self.bayes_min_learns};\n')
@@ -278,6 +291,15 @@ class RspamdService:
             if path.exists():
                 out.append(path.read_text(errors="replace")[-4000:])
         return "\n".join(out)
+
+    def learned(self) -> list[tuple[str, str]]:
+        """(kind, Message-ID) of every message the controller learned, oldest first, as
+        its log says ("learned message as spam: <id>"; ``undef`` for no Message-ID)."""
+        if self.root is None:
+            return []
+        path = self.root / "log" / "rspamd.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return re.findall(r"learned message as (spam|ham): (\S+)", text)
 
     # -- scanning ----------------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ Invariants:
   A message that vanished from the index meanwhile is treated as a ghost.
 * IDLE waits on the `MailboxWatcher`, woken by the index's change feed from every
   process and node sharing the index.
+* A COPY or MOVE that went through is told to the session's `CopyObserver` (spam
+  training), if there is one and it `wants` the pair of mailboxes: after the index
+  commit, never instead of it, and a failure there does not change the command's OK.
 * \\Recent is not kept: RECENT is always 0 and the RECENT search key matches nothing, as
   RFC 9051 allows.  Client-facing texts are generic; details go to the log.
 """
