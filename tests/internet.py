@@ -19,8 +19,8 @@ Rspamd (`rspamd`)      DKIM/SPF/DMARC verifier asking NSD (started on first use;
                        warm, ~22 s the first time on a machine)
 =====================  ==============================================================
 
-Use: import the fixtures into a conftest.py (``from tests.internet import internet,
-internet_session  # noqa: F401``, as tests/e2e/outbound/conftest.py does), then
+Use: the fixtures are imported once, for every end-to-end test, by tests/e2e/conftest.py
+(a session fixture imported into two conftest files would be two Internets at once), then
 
     def test_x(internet, tmp_path):
         server = PymailServer(tmp_path, hostname=PYMAIL_HOSTNAME,

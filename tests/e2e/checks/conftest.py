@@ -23,13 +23,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from tests.internet import (  # noqa: F401  (pytest fixtures)
-    Internet,
-    dkim_record,
-    internet,
-    internet_session,
-    make_dkim_key,
-)
+from tests.internet import Internet, dkim_record, make_dkim_key
 from tests.pymail_harness import PymailServer
 
 HOSTNAME = "mail.example.test"
