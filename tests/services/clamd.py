@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.services.process import free_loopback_port, own_group_and_die_with_parent, stop_group
+
 __all__ = [
     "ClamdService",
     "ClamdServiceError",
@@ -99,20 +101,6 @@ def eicar_mime_message(sender: str = "alice@example.test", recipient: str = "bob
     ).encode("ascii")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _own_group_and_die_with_parent() -> None:
-    os.setsid()  # its own process group: pause() and stop() reach every thread
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class ClamdService:
     """One clamd process (see the module docstring)."""
 
@@ -121,7 +109,7 @@ class ClamdService:
         self.binary = shutil.which("clamd") or "/usr/sbin/clamd"
         if not os.access(self.binary, os.X_OK):
             raise ClamdServiceError(f"clamd not found: apt-get install {DEBIAN_PACKAGE}")
-        self.port = port or _free_port()
+        self.port = port or free_loopback_port()
         self.stream_max_length = stream_max_length
         self.max_threads = max_threads
         self.root = Path(tempfile.mkdtemp(prefix="pymail-clamd-"))
@@ -176,7 +164,7 @@ class ClamdService:
         stderr = open(self.root / "stderr.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, f"--config-file={self.root / 'clamd.conf'}"], stdin=subprocess.DEVNULL,
-            stdout=stderr, stderr=stderr, preexec_fn=_own_group_and_die_with_parent)
+            stdout=stderr, stderr=stderr, preexec_fn=own_group_and_die_with_parent)
         stderr.close()
         deadline = started + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -215,17 +203,8 @@ class ClamdService:
     def stop(self) -> None:
         """Stop clamd (its directory stays, for `start()` again)."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_group(proc)
 
     def close(self) -> None:
         """Stop clamd and remove its directory."""

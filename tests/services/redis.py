@@ -20,12 +20,13 @@ import atexit
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.services.process import free_loopback_port, stop_group
 
 __all__ = ["RedisService", "RedisServiceError", "start_redis_service"]
 
@@ -38,12 +39,6 @@ class RedisServiceError(RuntimeError):
     """The test Redis could not be made or started (the message says why)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 class RedisService:
     """One redis-server on 127.0.0.1:`port`, nothing persisted."""
 
@@ -51,7 +46,7 @@ class RedisService:
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.access(self.binary, os.X_OK):
             raise RedisServiceError(f"redis-server not found: apt-get install {DEBIAN_PACKAGE}")
-        self.port = port or _free_port()
+        self.port = port or free_loopback_port()
         self.root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -117,16 +112,8 @@ class RedisService:
 
     def stop_server(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_group(proc)
 
     def stop(self) -> None:
         self.stop_server()
