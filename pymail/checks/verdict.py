@@ -4,7 +4,7 @@ pipeline must do about it.
 
 Outcome names (`pymail.config.checks.OUTCOMES`):
 
-* spf, iprev: the result word;
+* spf, iprev, arc: the result word;
 * dkim: ``pass`` when any signature passed, else the first of temperror, fail,
   permerror, policy, neutral that some signature got; ``none`` without signatures;
 * dmarc: pass, none, temperror, permerror; a fail is named by its disposition after
@@ -110,6 +110,8 @@ def _outcomes(findings: Findings) -> list[tuple[str, str]]:
         out.append(("spf", findings.spf.result))
     if findings.dkim is not None:
         out.append(("dkim", _dkim_outcome(findings.dkim)))
+    if findings.arc is not None:
+        out.append(("arc", findings.arc.result))
     if findings.dmarc is not None:
         out.append(("dmarc", _dmarc_outcome(findings.dmarc)))
     if findings.spam_error is not None:

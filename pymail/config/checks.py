@@ -38,6 +38,7 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "dkim": ("pass", "fail", "neutral", "none", "policy", "temperror", "permerror"),
     "dmarc": ("pass", "none", "fail", "quarantine", "reject", "temperror", "permerror"),
     "iprev": ("pass", "fail", "temperror", "permerror"),
+    "arc": ("pass", "fail", "none", "temperror"),
     "rspamd": ("no_action", "greylist", "add_header", "rewrite_subject", "soft_reject",
                "reject", "error"),
     "clamav": ("clean", "found", "oversize", "error"),
@@ -54,6 +55,7 @@ DEFAULT_POLICY: dict[str, dict[str, str]] = {
     "dmarc": {o: "accept" for o in OUTCOMES["dmarc"]} | {
         "quarantine": "junk", "reject": "reject", "temperror": "tempfail"},
     "iprev": {o: "accept" for o in OUTCOMES["iprev"]},
+    "arc": {o: "accept" for o in OUTCOMES["arc"]},
     "rspamd": {"no_action": "accept", "greylist": "tempfail", "add_header": "junk",
                "rewrite_subject": "junk", "soft_reject": "tempfail", "reject": "reject",
                "error": "tempfail"},

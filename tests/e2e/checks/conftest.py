@@ -7,6 +7,8 @@ mx.remote.test is forward-confirmed in the default zones):
 ===============  ================================================================
 signed.test      SPF ``ip4:127.0.0.2 -all``, DKIM key ``sel1``, DMARC p=reject
 quarantine.test  SPF ``ip4:127.0.0.2 -all``, DMARC p=quarantine
+lists.trusted    a mailing list on 127.0.0.3 that ARC-seals (key ``arc``), a trusted
+                 sealer (``checks.arc_trusted_sealers``); lists.other the same, untrusted
 ===============  ================================================================
 
 `inbound` is one server per module (its config from `checks_config`), with user
@@ -30,6 +32,7 @@ HOSTNAME = "mail.example.test"
 RECIPIENT = "bob@example.test"
 SENDER_IP = "127.0.0.2"  #: authorised by signed.test's SPF; PTR mx.remote.test
 STRANGER_IP = "127.0.0.9"  #: authorised by nobody, no PTR
+LIST_IP = "127.0.0.3"  #: the mailing lists' host
 
 
 @dataclass
@@ -42,6 +45,18 @@ class Inbound:
         signature = dkim.sign(raw, b"sel1", domain.encode(), self.key_pem,
                               include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
         return signature + raw
+
+    def seal(self, raw: bytes, sealer: str) -> bytes:
+        """What a mailing list at `sealer` does: it checked the original (its own A-R
+        says DMARC passed), changed the message (a footer: the author's DKIM signature
+        breaks) and sealed it (RFC 8617 section 5.1), with an independent sealer,
+        dkimpy's arc_sign."""
+        footer = raw + b"--\r\nThe list footer\r\n"
+        results = (f"Authentication-Results: {sealer}; dkim=pass header.d=signed.test; "
+                   "spf=pass smtp.mailfrom=alice@signed.test; dmarc=pass header.from=signed.test\r\n")
+        with_ar = results.encode() + footer
+        arc_set = dkim.arc_sign(with_ar, b"arc", sealer.encode(), self.key_pem, sealer.encode())
+        return b"".join(arc_set) + with_ar
 
     def send(self, raw: bytes, *, sender: str = "alice@signed.test", source: str = SENDER_IP,
              helo: str = "mx.remote.test") -> tuple[int, str]:
@@ -82,6 +97,10 @@ mx A {SENDER_IP}
 @ TXT "v=spf1 ip4:{SENDER_IP} -all"
 _dmarc TXT "v=DMARC1; p=quarantine"
 """,
+        **{origin: f"""
+@ TXT "v=spf1 ip4:{LIST_IP} -all"
+{dkim_record("arc", public_key)}
+""" for origin in ("lists.trusted.test", "lists.other.test")},
     }
 
 
@@ -91,6 +110,7 @@ def checks_config(internet: Internet, clamd_socket: str, extra: str = "") -> str
 rspamd_url = "{internet.rspamd.url}"
 clamav = "{clamd_socket}"
 timeout = "12s"
+arc_trusted_sealers = ["lists.trusted.test"]
 rspamd_timeout = "8s"
 clamav_timeout = "4s"
 {extra}

@@ -19,6 +19,7 @@ import time
 from pymail.mail.headers import parse_header
 from tests.e2e.checks.conftest import (
     HOSTNAME,
+    LIST_IP,
     RECIPIENT,
     SENDER_IP,
     STRANGER_IP,
@@ -66,7 +67,7 @@ def test_signed_mail_from_an_authorised_host_lands_in_inbox_with_one_authenticat
     assert "forged.test" not in stored[0].decode()
     assert header(stored[0]).get("X-Spam") is None
     log = inbound.server.log()
-    assert re.search(r"accepted .*checks=iprev:pass,spf:pass,dkim:pass,dmarc:pass,"
+    assert re.search(r"accepted .*checks=iprev:pass,spf:pass,dkim:pass,arc:none,dmarc:pass,"
                      r"rspamd:no_action,clamav:clean spam=", log), log[-2000:]
 
 
@@ -76,7 +77,7 @@ def test_broken_signature_from_an_unauthorised_host_is_refused_under_p_reject(in
     code, text = inbound.send(tampered, source=STRANGER_IP, helo="stranger.test")
     assert (code, text[:5]) == (550, "5.7.1"), text
     assert re.search(r"reject .*reason=checks\(dmarc\.reject\) checks=iprev:permerror,spf:fail,"
-                     r"dkim:fail,dmarc:reject", inbound.server.log())
+                     r"dkim:fail,arc:none,dmarc:reject", inbound.server.log())
 
 
 def test_dmarc_quarantine_files_into_junk(inbound: Inbound) -> None:
@@ -87,6 +88,24 @@ def test_dmarc_quarantine_files_into_junk(inbound: Inbound) -> None:
     junk = inbound.mailbox("Junk")[before:]
     assert len(junk) == 1
     assert "dmarc=fail header.from=quarantine.test (p=quarantine dis=QUARANTINE)" in our_ar(junk[0])
+
+
+def test_forwarded_mail_sealed_by_a_trusted_list_is_not_rejected_on_dmarc(inbound: Inbound) -> None:
+    """The list broke the author's signature and sends from its own address: DMARC
+    fails under p=reject, but the trusted list's valid ARC chain vouches for it."""
+    original = inbound.sign(message("via the list"))
+    code, text = inbound.send(inbound.seal(original, "lists.trusted.test"),
+                              sender="list-bounces@lists.trusted.test", source=LIST_IP)
+    assert code == 250, text
+    # delivered (INBOX, or Junk should Rspamd's own score say so: its verdict, not DMARC's)
+    [delivered] = [raw for raw in inbound.mailbox() + inbound.mailbox("Junk")
+                   if b"Subject: via the list" in raw]
+    ar = our_ar(delivered)
+    assert "arc=pass" in ar and "dmarc=fail" in ar and "dkim=fail" in ar, ar
+    # the same chain from a list we do not trust: DMARC p=reject is obeyed
+    code, text = inbound.send(inbound.seal(original, "lists.other.test"),
+                              sender="list-bounces@lists.other.test", source=LIST_IP)
+    assert (code, text[:5]) == (550, "5.7.1"), text
 
 
 def test_gtube_is_refused(inbound: Inbound) -> None:
@@ -176,7 +195,7 @@ def test_silent_dns_is_temperror_and_451_then_recovers(inbound: Inbound) -> None
                                   sender="dave@fresh.test")
         assert (code, text[:5]) == (451, "4.7.1"), text
         assert re.search(r"reason=checks\(dmarc\.temperror\) checks=\S*spf:temperror,"
-                         r"dkim:none,dmarc:temperror", inbound.server.log())
+                         r"dkim:none,arc:none,dmarc:temperror", inbound.server.log())
     finally:
         internet.nsd.resume()
     code, text = inbound.send(message("dns back", sender="dave@fresh.test"), sender="dave@fresh.test")
