@@ -1122,7 +1122,14 @@ def _main(args: argparse.Namespace) -> int:
                 if store is not None:
                     await _close_store(store)
 
+        scanner_cpu_before = checks.cpu_seconds() if checks is not None else {}
         asyncio.run(run_all())
+        if checks is not None:
+            after = checks.cpu_seconds()
+            accepted = sum(r.accepted for r in rows)
+            meta["scanners_cpu_ms_per_msg"] = {
+                name: round((after[name] - scanner_cpu_before.get(name, 0.0)) * 1000 / max(accepted, 1), 2)
+                for name in after}
     finally:
         if server is not None:
             code = server.stop()
@@ -1144,6 +1151,9 @@ def _main(args: argparse.Namespace) -> int:
 
     print()
     print(render_table(rows))
+    if meta.get("scanners_cpu_ms_per_msg"):
+        print("  scanners' own CPU (not in srv cpu), ms per accepted message, all levels: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in meta["scanners_cpu_ms_per_msg"].items()))
     if rows:
         if target is not None:
             print("  e2e: n/a with --target" + ("" if server_pid else "; server CPU: n/a without --server-pid"))
