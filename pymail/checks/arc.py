@@ -34,6 +34,7 @@ from pymail.checks.dkimverify import DKIMPY_LOG
 from pymail.checks.dnsbridge import DkimDnsTemporaryError, dkim_dnsfunc, run_with_resolver
 from pymail.checks.results import ArcResult
 from pymail.dns.model import Resolver
+from pymail.mail.headers import parse_header
 
 __all__ = ["verify_arc"]
 
@@ -55,6 +56,9 @@ def _first_dmarc(aar_value: bytes) -> str:
     except Exception:  # noqa: BLE001 - authres is strict; fall back to a plain search
         match = _DMARC.search(text)
         return match.group(1).lower() if match else ""
+
+
+_ARC_FIELDS = frozenset({"arc-seal", "arc-message-signature", "arc-authentication-results"})
 
 
 def _verify_in_thread(message: bytes, min_key_bits: int) -> ArcResult:
@@ -89,6 +93,10 @@ def _verify_in_thread(message: bytes, min_key_bits: int) -> ArcResult:
 async def verify_arc(resolver: Resolver, message: bytes, *, min_key_bits: int = 1024,
                      timeout: float = 20.0) -> ArcResult:
     """Validate the ARC chain of `message` (the raw message).  See the module docstring."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end + 2]
+    if not any(f.lower_name in _ARC_FIELDS for f in parse_header(head)):
+        return ArcResult("none")  # most mail: no thread, no dkimpy
     try:
         return await run_with_resolver(resolver, timeout, _verify_in_thread, message,
                                        min_key_bits)
