@@ -16,6 +16,8 @@
 #                                           # that nothing is, and remove it (never
 #                                           # remove a root with plain rm -rf: while
 #                                           # `run` is active its /dev is this machine's)
+#   scripts/fresh-root.sh prove-run         # only the run.sh half of `prove`, on the
+#                                           # clone already there
 #   scripts/fresh-root.sh prove [SOURCE]    # create (if missing) + clone + run
 #                                           # ./scripts/test.sh; then ./scripts/run.sh is
 #                                           # started and must answer 220 on 127.0.0.1:2525
@@ -247,5 +249,6 @@ case "${1:-}" in
     clone) shift; cmd_clone "$@" ;;
     run) shift; cmd_run "$@" ;;
     prove) shift; cmd_prove "$@" ;;
+    prove-run) shift; prove_run ;;
     *) sed -n '2,/^$/p' "$SELF" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
