@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from pymail.config.types import Duration, Size, _networks, _Section
+from pymail.config.types import Duration, Size, _networks, _Section, parse_hostport
 
 __all__ = ["ACTIONS", "ChecksConfig", "DEFAULT_POLICY", "OUTCOMES"]
 
@@ -157,10 +157,10 @@ class ChecksConfig(_Section):
     def _clamd(cls, value: str) -> str:
         value = value.strip()
         if value and not value.startswith("/"):
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"invalid clamd address {value!r} (a socket path or "
-                                 "\"host:port\")")
+            try:
+                return parse_hostport(value)
+            except ValueError as e:
+                raise ValueError(f"{e}; or a socket path such as /run/clamav/clamd.ctl") from None
         return value
 
     @field_validator("policy")
