@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from pymail.config.checks import ChecksConfig
+from pymail.config.publish import PublishConfig
+from pymail.config.tls import AcmeConfig, TlsConfig
 from pymail.config.types import (
     Duration,
     HostPort,
@@ -70,6 +72,12 @@ class ServerConfig(_Section):
         default="info",
         pattern="^(debug|info|warning|error)$",
         description="Least severe log level written to stderr: debug, info, warning, error.",
+    )
+    log_format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        description="\"text\": one line per event (journald adds the time and unit); "
+        "\"json\": one JSON object per line with the same fields, for log shippers.",
     )
     postmaster: str | None = Field(
         default=None,
@@ -149,26 +157,21 @@ class ListenConfig(_Section):
     http: list[HostPort] = Field(
         default=["127.0.0.1:2080"],
         description="Monitoring over HTTP: /healthz (storage reachable) and /metrics "
-        "(Prometheus). No authentication: keep it on loopback or a monitoring network.",
+        "(Prometheus), and the client autoconfiguration files. No authentication: keep it "
+        "on loopback or a monitoring network.",
     )
-
-
-class TlsConfig(_Section):
-    cert: Path | None = Field(
-        default=None,
-        description="PEM certificate chain (e.g. Let's Encrypt fullchain.pem). Unset: a "
-        "private CA and a certificate signed by it are made in <data_dir>/tls on first start.",
+    web: list[HostPort] = Field(
+        default=[],
+        description="The public web port (80): ACME http-01 challenges, client "
+        "autoconfiguration, MTA-STS; never /metrics or /healthz. Other paths redirect to "
+        "https when [listen] https is on.",
     )
-    key: Path | None = Field(
-        default=None,
-        description="PEM private key for `cert` (e.g. Let's Encrypt privkey.pem).",
+    https: list[HostPort] = Field(
+        default=[],
+        description="The public HTTPS port (443): client autoconfiguration (Thunderbird, "
+        "Outlook Autodiscover, Apple .mobileconfig) and the MTA-STS policy, with the "
+        "certificate for those names; ACME tls-alpn-01 challenges.",
     )
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> "TlsConfig":
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("set both cert and key, or neither")
-        return self
 
 
 class S3Config(_Section):
@@ -700,6 +703,13 @@ class Config(_Section):
         "turns the service off.",
     )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="Certificate and key.")
+    acme: AcmeConfig = Field(
+        default_factory=AcmeConfig, description="Certificates from an ACME CA (Let's Encrypt)."
+    )
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig,
+        description="What DNS and the web service publish: addresses, SPF, DMARC, MTA-STS.",
+    )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Index, directory and message storage."
     )
@@ -716,6 +726,28 @@ class Config(_Section):
     auth: AuthConfig = Field(
         default_factory=AuthConfig, description="Login: LDAP domains, failed-login bans."
     )
+
+    @model_validator(mode="after")
+    def _one_certificate_source(self) -> "Config":
+        if self.acme.enabled and self.tls.cert is not None:
+            raise ValueError("acme.directory_url and tls.cert are two sources of the same "
+                             "certificate: set one of them")
+        return self
+
+    @property
+    def acme_names(self) -> list[str]:
+        """The names the ACME certificate covers: ``acme.names``, else the host name."""
+        return self.acme.names or [self.server.hostname.lower().rstrip(".")]
+
+    @property
+    def acme_dir(self) -> Path:
+        """ACME account key, certificates and keys (0700)."""
+        return self.server.data_dir / "acme"
+
+    @property
+    def mx_hosts(self) -> list[str]:
+        """``publish.mx``, else the host name."""
+        return self.publish.mx or [self.server.hostname.lower().rstrip(".")]
 
     @property
     def index_url(self) -> str:

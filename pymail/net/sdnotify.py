@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
-__all__ = ["notify", "ready", "status", "stopping"]
+__all__ = ["notify", "ready", "reloading", "status", "stopping", "watchdog", "watchdog_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,32 @@ def ready() -> bool:
 def stopping() -> bool:
     """Tell systemd the service is shutting down: ``STOPPING=1``."""
     return notify("STOPPING=1")
+
+
+def reloading() -> bool:
+    """Tell systemd a reload (SIGHUP) began: ``RELOADING=1`` with ``MONOTONIC_USEC``
+    (systemd 253+ for Type=notify-reload wants the timestamp; older ones ignore it).
+    Send `ready` when the reload is done."""
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+
+def watchdog() -> bool:
+    """Keep-alive for ``WatchdogSec=``: ``WATCHDOG=1``."""
+    return notify("WATCHDOG=1")
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between keep-alives systemd expects (half of ``$WATCHDOG_USEC``, as
+    sd_watchdog_enabled(3) advises), or None when no watchdog is set for this process
+    (``$WATCHDOG_PID``, when set, names the one process that must send them)."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+        pid = os.environ.get("WATCHDOG_PID")
+        if usec <= 0 or (pid and int(pid) != os.getpid()):
+            return None
+    except ValueError:
+        return None
+    return usec / 2_000_000
 
 
 def status(text: str) -> bool:
