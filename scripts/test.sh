@@ -63,8 +63,18 @@ postfix_preseed() {
 #   is never run (no test may reach the internet), and policy-rc.d keeps its daemon from
 #   starting at install.  Its Recommends clamdscan is not used: pymail and the tests
 #   speak the socket protocol themselves.
+# - pebble: Let's Encrypt's ACME test server, a private one on loopback ports
+#   (tests/services/pebble.py) that the built-in ACME client gets certificates from;
+#   Depends libc6 only.
+# - spamassassin: `spamassassin -t`, the second spam score of `pymail doctor`'s
+#   deliverability self-test (tests/e2e/ops/); its rules ship in the package.  Its
+#   Recommends (spamc, sa-compile, libmail-spf-perl, libmail-dmarc-perl, ...) are not
+#   used: pymail checks SPF/DKIM/DMARC itself and runs spamassassin without network tests.
+# - systemd: systemd-analyze verify/security on systemd/pymail.service (no running
+#   systemd needed); not in a minimal Debian root.  Its Recommends (dbus, timesyncd) are
+#   not used.
 postfix_preseed
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd redis-server clamav-daemon
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd redis-server clamav-daemon pebble spamassassin systemd
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1
