@@ -43,7 +43,8 @@ Invariants:
   certificates in service stay.
 * Reloads are serialised (a lock; they run in threads), and the signature of the files
   (stat of each path and of its symlink target: certbot renew replaces the symlinks in
-  ``live/``) is taken before they are read, so a change during a reload is seen next time.
+  ``live/``) is taken before they are read, so a change during a reload is seen next time;
+  a bad set of files is not read again until the signature changes.
 * The callback does no file I/O except the one ``stat`` of a tls-alpn-01 challenge file
   with ``[acme]`` on; it never raises (a failure serves the main certificate).
 """
@@ -245,10 +246,10 @@ class ServerCertificates:
         return True
 
     def _load_locked(self) -> None:
-        signature = self._file_signature()
-        self._signature = signature  # even when the files are bad: no retry until they change
         now = self.clock()
-        cert, key, _ = self.main_pair()
+        cert, key, _ = self.main_pair()  # (makes the embedded default's files if needed)
+        # Before reading, and kept even when the files are bad: no retry until they change.
+        self._signature = self._file_signature()
         main = load_pair(cert, key, now=now)
         extra = tuple(load_pair(p.cert, p.key, now=now) for p in self.config.tls.certificates)
         self._snapshot = _Snapshot.of(main, extra)

@@ -8,74 +8,28 @@ trust; what a client sees is read from the handshake (the served certificate's s
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
+import grp
 import os
 import re
 import signal
 import smtplib
 import socket
 import ssl
+import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e.wire import Wire, login
-from tests.pymail_harness import PymailServer, ServerExited
+from tests.tls_ca import CA, Pair
+from tests.pymail_harness import REPO, PymailServer, ServerExited
 
 HOST = "mx.test.example"
 ALICE = "alice@test.example"
-NOW = dt.datetime.now(dt.timezone.utc)
-
-
-# --- a test CA and its leaves ---------------------------------------------------------
-
-@dataclass
-class Pair:
-    cert_pem: bytes
-    key_pem: bytes
-    serial: int
-
-
-class CA:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pymail test CA")])
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, names: list[str], *, days: float = 60, expired: bool = False) -> Pair:
-        key = ec.generate_private_key(ec.SECP256R1())
-        if expired:
-            not_before, not_after = NOW - dt.timedelta(days=30), NOW - dt.timedelta(days=1)
-        else:
-            not_before, not_after = NOW - dt.timedelta(hours=1), NOW + dt.timedelta(days=days)
-        san = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        serial = x509.random_serial_number()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return Pair(cert.public_bytes(serialization.Encoding.PEM) + self.pem, key_pem, serial)
 
 
 class Lineage:
@@ -271,6 +225,39 @@ def test_a_bad_replacement_keeps_the_old_certificate(ca: CA, served: Served) -> 
     served.main.renew(good)  # and a good one after the bad ones is taken
     assert sighup(server).startswith("tls: reloaded: ")
     assert imaps_serial(ca, server) == good.serial
+
+
+def test_certbot_deploy_hook_lets_the_group_read_the_key_and_reloads(
+        ca: CA, served: Served) -> None:
+    """contrib/certbot/pymail-reload as certbot runs it (RENEWED_LINEAGE), without systemd:
+    the renewed key becomes group-readable for the given group, and pymail reloads."""
+    server = served.server
+    renewed = ca.issue([HOST])
+    served.main.renew(renewed)
+    key = served.main.key.resolve()
+    key.chmod(0o600)
+    served.main.live.parent.chmod(0o700)  # live/ as older certbot makes it
+    group = grp.getgrgid(os.getgid()).gr_name
+    mark = server.log_mark()
+    assert server.proc is not None
+    env = {"PATH": os.environ["PATH"], "RENEWED_LINEAGE": str(served.main.live),
+           "PYMAIL_CONFIG": str(server.config_path), "PYMAIL_GROUP": group,
+           "PYMAIL_PID": str(server.proc.pid)}
+    hook = REPO / "contrib" / "certbot" / "pymail-reload"
+    subprocess.run([str(hook)], env=env, check=True, timeout=30)
+    wait_for_log(server, mark, rf"tls: reloaded: \S+ \(serial {renewed.serial:X},")
+    assert imaps_serial(ca, server) == renewed.serial
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640 and key.stat().st_gid == os.getgid()
+    assert served.main.live.parent.stat().st_mode & 0o011 == 0o011
+    # A lineage the config does not name: nothing is touched, nothing is signalled.
+    other = Lineage(served.main.live.parents[1], "www.example", ca.issue(["www.example"]))
+    other.key.resolve().chmod(0o600)
+    mark = server.log_mark()
+    subprocess.run([str(hook)], env={**env, "RENEWED_LINEAGE": str(other.live)}, check=True,
+                   timeout=30)
+    assert stat.S_IMODE(other.key.resolve().stat().st_mode) == 0o600
+    time.sleep(0.3)
+    assert "tls: reloaded" not in server.log()[mark:]
 
 
 def test_expiry_warning_and_metric(served: Served) -> None:
