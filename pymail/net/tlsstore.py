@@ -78,6 +78,7 @@ log = logging.getLogger("pymail.tls")
 WARNING_REPEAT_SECONDS = 86400.0
 #: The longest the poller sleeps (the expiry gauge is refreshed at least this often).
 TICK_SECONDS = 60.0
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # pymail.metrics.ENV
 #: A change seen by the poller is loaded after the files stayed the same this long
 #: (certbot replaces cert, chain, fullchain and privkey one after the other).
 SETTLE_SECONDS = 1.0
@@ -351,11 +352,15 @@ class ServerCertificates:
         for served in self.served:
             labels.add(served.name)
             TLS_CERTIFICATE_EXPIRY.labels(served.name).set((served.not_after - now).total_seconds())
-        for gone in self._labels - labels:
-            try:
-                TLS_CERTIFICATE_EXPIRY.remove(gone)
-            except KeyError:
-                pass
+        # A name no longer served (its certificate's SAN changed) is dropped; in
+        # multiprocess mode (pymail serve) prometheus_client cannot drop a label, so it
+        # keeps its last value until the restart.
+        if not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
+            for gone in self._labels - labels:
+                try:
+                    TLS_CERTIFICATE_EXPIRY.remove(gone)
+                except KeyError:
+                    pass
         self._labels = labels
 
     # ------------------------------------------------------------ handshake

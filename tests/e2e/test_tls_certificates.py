@@ -11,12 +11,14 @@ from __future__ import annotations
 import grp
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
 import ssl
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,11 +302,19 @@ def test_certbot_renewal_is_picked_up_without_a_signal(ca: CA, tmp_path: Path) -
         assert server.stop() == 0
 
 
-def test_prefork_parent_forwards_sighup_to_every_worker(ca: CA, tmp_path: Path) -> None:
+def test_prefork_parent_forwards_sighup_to_every_worker(
+        ca: CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker reloads; systemd hears RELOADING=1 then READY=1 once (first worker)."""
     main = Lineage(tmp_path / "letsencrypt", HOST, ca.issue([HOST]))
+    notify_dir = Path(tempfile.mkdtemp(prefix="pymail-notify-", dir="/tmp"))  # AF_UNIX: short
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_dir / "notify"))
+    notify.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_dir / "notify"))
     server = PymailServer(tmp_path, hostname=HOST, workers=2, extra_config=tls_config(main))
     server.start()
     try:
+        assert notify.recv(4096) == b"READY=1"
         renewed = ca.issue([HOST])
         main.renew(renewed)
         mark = server.log_mark()
@@ -315,8 +325,16 @@ def test_prefork_parent_forwards_sighup_to_every_worker(ca: CA, tmp_path: Path) 
             time.sleep(0.05)
         assert len(set(re.findall(r"pymail\.tls\[(\d+)\]: tls: reloaded:", server.log()))) == 2
         assert {starttls_serial(ca, server) for _ in range(8)} == {renewed.serial}
+        reloading = notify.recv(4096)
+        assert reloading.startswith(b"RELOADING=1\nMONOTONIC_USEC="), reloading
+        assert notify.recv(4096) == b"READY=1"
+        notify.settimeout(0.3)
+        with pytest.raises(TimeoutError):  # once, not once per worker
+            notify.recv(4096)
     finally:
         assert server.stop() == 0
+        notify.close()
+        shutil.rmtree(notify_dir)
 
 
 @pytest.mark.parametrize("case", ["expired", "mismatched key", "missing file", "directory"])
