@@ -15,6 +15,12 @@ With `server.loop_watchdog` above 0, each worker's event loop is watched while i
 With `server.workers > 1` the parent prepares storage and certificates, then forks that
 many worker processes which each bind the same ports with SO_REUSEPORT and open their
 own storage connections; the parent forwards signals and waits.
+
+Certificates (pymail.net.tlsstore): loaded once before the workers start (a bad pair
+stops the start with one line); every listener holds the one `ServerCertificates.context`.
+SIGHUP (forwarded by the prefork parent to every worker) re-reads the certificate files
+in each worker, and so does each worker's poller when the files change; new connections
+get the new certificates, open ones keep theirs, a bad file leaves the old ones served.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from pymail.delivery.pipeline import Pipeline
 from pymail.delivery.router import Router
 from pymail.delivery.spool import Spool
 from pymail.net import sdnotify
-from pymail.net.certs import ensure_embedded_certificates, make_server_context
 from pymail.net.http import HttpService
 from pymail.net.imap import ImapService
 from pymail.net.imap.watch import MailboxWatcher
@@ -51,6 +56,7 @@ from pymail.net.proxy import TrustedProxies
 from pymail.net.mx import MxHandler
 from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
+from pymail.net.tlsstore import ServerCertificates
 from pymail.net.watchdog import LoopWatchdog
 from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
@@ -168,18 +174,21 @@ def prepare_spool(config: Config) -> None:
         log.info("spool: removed %d unfinished message file(s) from %s", removed, config.spool_dir)
 
 
-def prepare_tls(config: Config) -> None:
-    """Make the embedded default's CA and certificate, or check the configured files."""
-    if config.tls.cert is None:
-        try:
-            files = ensure_embedded_certificates(config.tls_dir, config.server.hostname)
-        except OSError as e:
-            raise StartupError(f"tls: cannot create certificates in {config.tls_dir}: {e}") from None
-        log.info("TLS certificate %s (clients trust the CA %s)", files.cert, files.ca)
-    else:
-        for path in (config.tls.cert, config.tls.key):
-            if not os.access(path, os.R_OK):
-                raise StartupError(f"tls: cannot read {path}")
+def prepare_tls(config: Config) -> ServerCertificates:
+    """Load the served certificates (the configured files, [acme]'s, or the embedded
+    default's, made here on first start): a `StartupError` (``tls: ...``, one line) for
+    an unreadable, malformed, mismatched or expired pair.  Logs what is served and the
+    expiry warnings."""
+    certificates = ServerCertificates(config)
+    try:
+        certificates.load()
+    except ValueError as e:
+        raise StartupError(f"tls: {e}") from None
+    log.info("tls: serving %s", certificates.describe())
+    if certificates.main.cert == config.tls_dir / "cert.pem":
+        log.info("TLS certificate %s (clients trust the CA %s)", certificates.main.cert,
+                 config.tls_dir / "ca.pem")
+    return certificates
 
 
 @dataclass
@@ -192,7 +201,13 @@ class Worker:
     services: list[SmtpService | HttpService | ImapService | Pop3Service] = field(default_factory=list)
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
-    tls_context: ssl.SSLContext | None = None
+    #: the served certificates; its `context` goes to every TLS listener (made and loaded
+    #: by `_tls_context` when not given)
+    certificates: ServerCertificates | None = None
+    #: the first (or only) worker: logs expiry warnings and tells systemd of reloads
+    announce: bool = True
+    #: the certificate files' poller (`ServerCertificates.watch`)
+    certificate_watcher: asyncio.Future[None] | None = None
     #: connections per client address (held at once, and opened per minute), shared by
     #: every mail listener of this process (None: both limits are 0)
     limiter: ConnectionLimiter | None = None
@@ -355,7 +370,22 @@ class Worker:
             self.services.append(http)
             lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
         self._start_queue_runner()
+        if self.certificates is not None:
+            self.certificate_watcher = asyncio.ensure_future(self.certificates.watch())
         return lines
+
+    async def reload_certificates(self) -> bool:
+        """SIGHUP: re-read the certificate files (in a thread); the announcing worker
+        tells systemd (RELOADING=1, then READY=1).  False when a file was bad (logged)."""
+        if self.certificates is None:
+            return False
+        if self.announce:
+            sdnotify.reloading()
+        try:
+            return await asyncio.to_thread(self.certificates.reload)
+        finally:
+            if self.announce:
+                sdnotify.ready()
 
     async def _start_spam_training(self) -> None:
         """Rspamd learns what users move into Junk (spam) and out of it (ham) over IMAP,
@@ -432,22 +462,16 @@ class Worker:
         return None
 
     def _tls_context(self) -> ssl.SSLContext:
-        """The server TLS context: the configured files, else the embedded default's."""
-        if self.tls_context is None:
-            cfg = self.config
-            if cfg.tls.cert is not None and cfg.tls.key is not None:
-                cert, key = cfg.tls.cert, cfg.tls.key
-            else:
-                try:
-                    files = ensure_embedded_certificates(cfg.tls_dir, cfg.server.hostname)
-                except (OSError, ValueError) as e:
-                    raise StartupError(f"tls: {e}") from None
-                cert, key = files.cert, files.key
+        """The server TLS context every listener shares, for the life of the process
+        (`ServerCertificates.context`: the certificate is chosen per handshake)."""
+        if self.certificates is None:
+            certificates = ServerCertificates(self.config, warn_expiry=self.announce)
             try:
-                self.tls_context = make_server_context(cert, key)
+                certificates.load()
             except ValueError as e:
                 raise StartupError(f"tls: {e}") from None
-        return self.tls_context
+            self.certificates = certificates
+        return self.certificates.context
 
     def start_sweeper(self) -> None:
         """Sweep orphan blobs every `storage.orphan_sweep_interval` seconds."""
@@ -479,6 +503,8 @@ class Worker:
     async def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.cancel()
+        if self.certificate_watcher is not None:
+            self.certificate_watcher.cancel()
         if self.store is not None and self.store.space is not None:
             self.store.space.stop()
         # The queue runner stops claiming and finishes (or hands back) what it holds while
@@ -497,12 +523,23 @@ class Worker:
             await self.store.close()
 
 
-async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
-    worker = Worker(config, reuse_port=reuse_port)
+async def _run_worker(config: Config, reuse_port: bool, announce: bool,
+                      certificates: ServerCertificates | None = None) -> None:
+    if certificates is not None:
+        certificates.warn_expiry = announce  # the warnings once, not once per worker
+    worker = Worker(config, reuse_port=reuse_port, certificates=certificates, announce=announce)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Future[bool]] = set()  # held until done (the loop keeps weak refs)
+
+    def reload_soon() -> None:
+        task = asyncio.ensure_future(worker.reload_certificates())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_soon)
     try:
         lines = await worker.start()
     except BaseException:
@@ -551,14 +588,17 @@ def announce_config(config: Config) -> None:
 def serve(config: Config) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT.  Returns the exit code."""
     setup_logging(config.server.log_level)
+    # SIGHUP reloads the certificates once the workers run; until then it must not end
+    # the process (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     run = _event_loop_runner()
     try:
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         prepare_spool(config)
-        prepare_tls(config)
+        certificates = prepare_tls(config)
         announce_config(config)
         if config.server.workers == 1:
-            run(_run_worker(config, reuse_port=False, announce=True))
+            run(_run_worker(config, reuse_port=False, announce=True, certificates=certificates))
             return 0
         # Prefork: storage is migrated once here, before any thread exists.
         async def migrate_once() -> None:
@@ -572,17 +612,18 @@ def serve(config: Config) -> int:
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
-    return _prefork(config, run)
+    return _prefork(config, run, certificates)
 
 
-def _prefork(config: Config, run) -> int:
+def _prefork(config: Config, run, certificates: ServerCertificates | None = None) -> int:
     children: list[int] = []
     for index in range(config.server.workers):
         pid = os.fork()
         if pid == 0:  # worker
             code = 0
             try:
-                run(_run_worker(config, reuse_port=True, announce=index == 0))
+                run(_run_worker(config, reuse_port=True, announce=index == 0,
+                                certificates=certificates))
             except StartupError as e:
                 log.error("worker %d cannot start: %s", index, e)
                 code = 1
@@ -602,6 +643,7 @@ def _prefork(config: Config, run) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its certificates
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)

@@ -97,6 +97,15 @@ CHECK_SERVICE_UP = Gauge(
     "1 when the scanner's last exchange worked, 0 while it is unavailable.",
     ["check"], multiprocess_mode="min",
 )
+# The served TLS certificates (pymail.net.tlsstore), set by each worker's certificate
+# poller (at least once a minute) and at every reload; every worker serves the same
+# files, so the most recent value of any of them is the answer.
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "pymail_tls_certificate_expiry_seconds",
+    "Seconds until the served certificate's notAfter (negative: expired), by name (its "
+    "first DNS subjectAltName, else its file).",
+    ["name"], multiprocess_mode="mostrecent",
+)
 #: Scrapes within this many seconds of the last reading reuse it (the counts are
 #: queries on the index: a scraper polling every second must not load the database).
 QUEUE_REFRESH_SECONDS = 5.0
