@@ -15,13 +15,16 @@ import asyncio
 import http.client
 import plistlib
 import re
+import socket
 import ssl
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from pymail.net.challenges import ChallengeStore
-from tests.pymail_harness import PymailServer
+from tests.pymail_harness import PymailServer, ServerExited
 
 DOMAIN = "example.test"
 HOST = "mx.test.example"
@@ -285,3 +288,40 @@ def test_no_monitoring_on_public_listeners(server: PymailServer) -> None:
         assert status == 301 and b"pymail_" not in body and body != b"ok\n"
         assert request(server, "http", "GET", path)[0] == 200  # the monitoring listener keeps them
     assert request(server, "https", "GET", "/")[0] == 404
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def test_public_listeners_with_workers_and_bind_errors(tmp_path: Path) -> None:
+    # Two workers share the public ports (SO_REUSEPORT) and both answer a challenge
+    # whichever worker's ACME client wrote it (the store is a directory).
+    (tmp_path / "two").mkdir()
+    (tmp_path / "taken").mkdir()
+    srv = PymailServer(tmp_path / "two", web=True, https=True, imaps=True, workers=2)
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.start()
+    try:
+        deadline = time.monotonic() + 10  # the first worker logs once every port is bound
+        while "https (TLS" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert re.search(rf"web \(HTTP: [^)]*\) listening on 127\.0\.0\.1:{srv.web_port}", srv.log())
+        assert re.search(rf"https \(TLS: [^)]*\) listening on 127\.0\.0\.1:{srv.https_port}", srv.log())
+        store = ChallengeStore(srv.data_dir / "acme" / "challenges")
+        token = "B" * 43
+        store.put_http01(token, "key-authorization")
+        for _ in range(8):  # new connections: spread over both workers
+            assert request(srv, "web", "GET", f"/.well-known/acme-challenge/{token}")[2] == b"key-authorization"
+            assert request(srv, "https", "GET", f"/mail/config-v1.1.xml?emailaddress=a%40{DOMAIN}")[0] == 200
+    finally:
+        srv.stop()
+    # A port that is taken: the start stops with one line naming the setting.
+    srv = PymailServer(tmp_path / "taken", web=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", srv.web_port))
+        taken.listen()
+        with pytest.raises(ServerExited):
+            srv.start()
+    srv.log_file.close()
+    assert f"cannot start: listen.web: cannot listen on ['127.0.0.1:{srv.web_port}']" in srv.log()
+    assert "Traceback" not in srv.log()
