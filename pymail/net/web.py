@@ -22,7 +22,11 @@ routes: Thunderbird (``/mail/config-v1.1.xml``,
 Invariants: neither public listener routes /metrics or /healthz; answers about an
 address are given only for a domain of the directory that is active (else 404), and the
 bodies come from pymail.net.autoconfig (sans-IO), which validates and escapes what the
-request says; a bad request is one line with a 4xx, never a traceback.
+request says; a bad request is one line with a 4xx, never a traceback.  A connection
+that has not sent a whole request within `KEEPALIVE_SECONDS` of connecting (or of its
+last answer) is closed (aiohttp's keep-alive timer also covers the first request).
+There is no per-address connection limit here (the mail listeners' ConnectionLimiter is
+not wired into aiohttp).
 """
 
 from __future__ import annotations
