@@ -58,6 +58,7 @@ from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.net.tlsstore import ServerCertificates
 from pymail.net.watchdog import LoopWatchdog
+from pymail.net.web import ClientAutoconfig, PublicWebService
 from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 from pymail.store.space import FreeSpace
@@ -198,7 +199,7 @@ class Worker:
     config: Config
     reuse_port: bool = False
     store: Store | None = None
-    services: list[SmtpService | HttpService | ImapService | Pop3Service] = field(default_factory=list)
+    services: list[SmtpService | HttpService | ImapService | Pop3Service | PublicWebService] = field(default_factory=list)
     sweeper: asyncio.Future[None] | None = None
     authenticator: Authenticator | None = None
     #: the served certificates; its `context` goes to every TLS listener (made and loaded
@@ -233,7 +234,7 @@ class Worker:
             await self.store.space.refresh()
             self.store.space.start()
         mail_listeners = ("smtp", "submission", "submissions", "imaps", "imap", "pop3s", "pop3")
-        if any(getattr(cfg.listen, name) for name in mail_listeners):
+        if any(getattr(cfg.listen, name) for name in (*mail_listeners, "https")):
             # Loading (or making) the certificate and key reads files, may wait for the
             # other workers' lock and costs CPU: a thread's work, not the loop's.
             await asyncio.to_thread(self._tls_context)
@@ -360,7 +361,7 @@ class Worker:
         if cfg.listen.http:
             http = HttpService(
                 [split_hostport(a) for a in cfg.listen.http], self.store, reuse_port=self.reuse_port,
-                checks=self.checks,
+                checks=self.checks, autoconfig=ClientAutoconfig(cfg, self.store.directory),
             )
             try:
                 bound = await http.start()
@@ -368,7 +369,18 @@ class Worker:
                 await http.stop()
                 raise StartupError(f"listen.http: cannot listen on {cfg.listen.http}: {e.strerror or e}") from None
             self.services.append(http)
-            lines += [f"http (/healthz, /metrics) listening on {a}" for a in bound]
+            lines += [f"http (/healthz, /metrics, autoconfig) listening on {a}" for a in bound]
+        # The public web: port 80 (ACME http-01, Thunderbird's file, the rest redirected)
+        # and 443 (autoconfig, Autodiscover, .mobileconfig, MTA-STS) - pymail.net.web.
+        for name, what in (("web", "HTTP: acme-challenge, autoconfig"),
+                           ("https", "TLS: autoconfig, autodiscover, mobileconfig, mta-sts")):
+            addresses = getattr(cfg.listen, name)
+            if not addresses:
+                continue
+            site = PublicWebService(name, [split_hostport(a) for a in addresses], cfg, self.store.directory,
+                                    tls_context=self._tls_context() if name == "https" else None,
+                                    reuse_port=self.reuse_port)
+            lines += await self._bind(name, site, addresses, what)
         self._start_queue_runner()
         if self.certificates is not None:
             self.certificate_watcher = asyncio.ensure_future(self.certificates.watch())
@@ -442,7 +454,7 @@ class Worker:
                 raise StartupError(str(e)) from None
         return self.authenticator
 
-    async def _bind(self, name: str, service: SmtpService | ImapService | Pop3Service,
+    async def _bind(self, name: str, service: SmtpService | ImapService | Pop3Service | PublicWebService,
                     addresses: list[str], tls: str) -> list[str]:
         """Start `service` on its addresses; the start-up log lines.  A port that cannot
         be bound stops the start with one line naming the setting."""

@@ -150,7 +150,8 @@ class PymailServer:
                  workers: int = 1, storage_config: str = "", port: int | None = None,
                  http: bool = False, imaps: bool = False, imap: bool = False,
                  pop3s: bool = False, pop3: bool = False, submission: bool = False,
-                 submissions: bool = False, server_config: str = "",
+                 submissions: bool = False, web: bool = False, https: bool = False,
+                 server_config: str = "",
                  loop_watchdog: str | None = "100ms") -> None:
         """`server_config`: more lines for the [server] section (`extra_config` comes
         after every section, so it cannot add to one the harness writes).
@@ -166,6 +167,8 @@ class PymailServer:
         self.pop3_port = free_port() if pop3 else None
         self.submission_port = free_port() if submission else None
         self.submissions_port = free_port() if submissions else None
+        self.web_port = free_port() if web else None  # [listen] web (public HTTP)
+        self.https_port = free_port() if https else None  # [listen] https
         self.config_path = workdir / "pymail.toml"
         self.log_path = workdir / "pymail.log"
         if not re.search(r"(?m)^\s*\[dns\]", extra_config):
@@ -201,6 +204,8 @@ imaps = [{f'"127.0.0.1:{self.imaps_port}"' if imaps else ""}]
 pop3 = [{f'"127.0.0.1:{self.pop3_port}"' if pop3 else ""}]
 pop3s = [{f'"127.0.0.1:{self.pop3s_port}"' if pop3s else ""}]
 http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
+web = [{f'"127.0.0.1:{self.web_port}"' if web else ""}]
+https = [{f'"127.0.0.1:{self.https_port}"' if https else ""}]
 {storage_config}
 {extra_config}
 """
@@ -237,7 +242,7 @@ http = [{f'"127.0.0.1:{self.http_port}"' if http else ""}]
         # The other listeners are bound after the MX: wait for each of them too, and
         # notice a start that fails after the MX greeted (e.g. at the IMAP listener).
         for port in (self.submission_port, self.submissions_port, self.imaps_port, self.imap_port,
-                     self.pop3s_port, self.pop3_port, self.http_port):
+                     self.pop3s_port, self.pop3_port, self.http_port, self.web_port, self.https_port):
             if port is not None:
                 wait_for_port(port, max(deadline - time.monotonic(), 1.0), proc=self.proc, log=self.log)
         return self

@@ -10,6 +10,9 @@
 * `GET /metrics`: Prometheus text exposition of `pymail.metrics` (the outbound queue's
   depth and oldest age read from the index at most every few seconds).
 
+The client autoconfiguration files and the MTA-STS policy (pymail.net.web's
+`ClientAutoconfig`) are served here too, for a TLS proxy in front or a local test.
+
 Listen on loopback or a monitoring network only (`[listen] http`): neither endpoint
 authenticates.  Other paths are 404.
 """
@@ -29,6 +32,7 @@ from pymail.store import StorageError, Store
 
 if TYPE_CHECKING:
     from pymail.checks.session import Checks
+    from pymail.net.web import ClientAutoconfig
 
 log = logging.getLogger("pymail.http")
 
@@ -36,11 +40,12 @@ HEALTH_TIMEOUT = 5.0
 
 
 class HttpService:
-    """/healthz and /metrics on the given addresses."""
+    """/healthz and /metrics (and the autoconfig files) on the given addresses."""
 
     def __init__(self, addresses: list[tuple[str, int]], store: Store, *, reuse_port: bool = False,
-                 checks: Checks | None = None) -> None:
+                 checks: Checks | None = None, autoconfig: ClientAutoconfig | None = None) -> None:
         self.addresses = addresses
+        self.autoconfig = autoconfig
         self.checks = checks
         self.store = store
         self.reuse_port = reuse_port
@@ -80,6 +85,8 @@ class HttpService:
         app = web.Application()
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        if self.autoconfig is not None:
+            self.autoconfig.add_routes(app, secure=True)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         bound = []
