@@ -48,7 +48,7 @@ from pymail.dns.model import (
     normalise_name,
 )
 from pymail.dns.resolver import reverse_name
-from pymail.ops.dnsrecords import expected_records, public_addresses
+from pymail.ops.dnsrecords import expected_records, public_addresses, zone_line
 from pymail.ops.model import Record, RecordCheck
 from pymail.ops.mtasts import policy_id
 
@@ -121,7 +121,11 @@ def _missing(record: Record, detail: str, fix: str, found: tuple[str, ...] = ())
 
 
 def _publish_fix(record: Record) -> str:
-    return f"publish {record.name}. {record.rtype} {record.value}"
+    return f"publish {zone_line(record)}"
+
+
+def _replace_fix(record: Record) -> str:
+    return f"replace it with {zone_line(record)}"
 
 
 # ----------------------------------------------------------------------- per record type
@@ -157,7 +161,7 @@ async def _check_alias(ctx: _Context, record: Record) -> RecordCheck:
         if canonical != record.name:
             return RecordCheck(record, "wrong", found,
                                f"a CNAME to {canonical}, which has no address",
-                               f"point it at this host: {_publish_fix(record)}")
+                               _replace_fix(record))
         what = "does not exist" if not v4.exists else "has no address"
         return _missing(record, f"{record.name} {what}", _publish_fix(record))
     ours = await ctx.our_addresses()
@@ -167,7 +171,7 @@ async def _check_alias(ctx: _Context, record: Record) -> RecordCheck:
     where = f"a CNAME to {canonical}, " if canonical != record.name else ""
     return RecordCheck(record, "wrong", found,
                        f"{where}resolves to {', '.join(found_addresses)}, not to {ctx.host}",
-                       f"replace it: {_publish_fix(record)}")
+                       _replace_fix(record))
 
 
 async def _check_mx(ctx: _Context, record: Record) -> RecordCheck:
@@ -182,7 +186,7 @@ async def _check_mx(ctx: _Context, record: Record) -> RecordCheck:
     if hosts == [""]:
         return RecordCheck(record, "wrong", found,
                            "a null MX: the domain says it accepts no mail (RFC 7505)",
-                           f"replace it: {_publish_fix(record)}")
+                           _replace_fix(record))
     if want in hosts:
         return RecordCheck(record, "ok", found, f"{want} is an exchange")
     ours = await ctx.our_addresses()
@@ -195,7 +199,7 @@ async def _check_mx(ctx: _Context, record: Record) -> RecordCheck:
     return RecordCheck(record, "wrong", found,
                        f"the MX points at {', '.join(h or '.' for h in hosts)}, not at {want} "
                        "(mail for the domain does not come here)",
-                       f"replace it: {_publish_fix(record)}")
+                       _replace_fix(record))
 
 
 async def _check_spf(ctx: _Context, record: Record) -> RecordCheck:
@@ -210,7 +214,7 @@ async def _check_spf(ctx: _Context, record: Record) -> RecordCheck:
         return RecordCheck(record, "wrong", found,
                            f"{len(spf)} SPF records: receivers treat that as permerror "
                            "(RFC 7208 section 3.2)",
-                           f"merge them into one TXT record: \"{record.value}\"")
+                           f"merge them into one: {zone_line(record)}")
     if not ctx.ours:
         return RecordCheck(record, "info", found,
                            "not evaluated: no public address of this host is known "
@@ -226,13 +230,13 @@ async def _check_spf(ctx: _Context, record: Record) -> RecordCheck:
         if result.result == "permerror":
             return RecordCheck(record, "wrong", found, f"permerror: {result.reason}",
                                f"fix the record (RFC 7208 section 4.6.4: at most 10 DNS "
-                               f"lookups); this host needs: \"{record.value}\"")
+                               f"lookups); this host needs: {zone_line(record)}")
         if result.result != "pass":
             term = "ip6" if ":" in ip else "ip4"
             return RecordCheck(record, "wrong", found,
                                f"{ip} is not authorised: SPF gives {result.result} for mail "
                                f"from {ctx.domain} sent from {ip}",
-                               f"add {term}:{ip} (or mx) to the record: \"{record.value}\"")
+                               f"add {term}:{ip} (or mx) to the record: {zone_line(record)}")
     return RecordCheck(record, "ok", found,
                        f"pass for {', '.join(sorted(ctx.ours))}")
 
@@ -249,30 +253,30 @@ async def _check_dkim(ctx: _Context, record: Record) -> RecordCheck:
         return RecordCheck(record, "wrong", texts,
                            f"{len(texts)} TXT records at {record.name}: verifiers may take "
                            "any (RFC 6376 section 3.6.2.2)",
-                           f"keep only one: \"{record.value}\"")
+                           f"keep only one: {zone_line(record)}")
     tags = _tags(texts[0])
     if tags.get("v", "DKIM1") != "DKIM1" or "p" not in tags:
         return RecordCheck(record, "wrong", texts, "not a DKIM key record (no v=DKIM1 / p=)",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     published = "".join(tags["p"].split())
     if not published:
         return RecordCheck(record, "wrong", texts,
                            "the key is revoked (empty p=, RFC 6376 section 3.6.1)",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     algorithm = tags.get("k", "rsa").strip().lower()
     if algorithm != key.algorithm:
         return RecordCheck(record, "wrong", texts,
                            f"k={algorithm}, but the key of selector {selector} is {key.algorithm}",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     try:
         same = base64.b64decode(published, validate=True) == base64.b64decode(key.public_b64)
     except (binascii.Error, ValueError):
         return RecordCheck(record, "wrong", texts, "p= is not valid base64",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     if not same:
         return RecordCheck(record, "wrong", texts,
                            f"the key is not ours: p= is not the public key of {key.path}",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     return RecordCheck(record, "ok", texts, f"the public key of {key.path.name}")
 
 
@@ -286,13 +290,13 @@ async def _check_dmarc(ctx: _Context, record: Record) -> RecordCheck:
     if len(dmarc) > 1:
         return RecordCheck(record, "wrong", dmarc,
                            f"{len(dmarc)} DMARC records: receivers then apply no policy "
-                           "(RFC 7489 section 6.6.3)", f"keep only one: \"{record.value}\"")
+                           "(RFC 7489 section 6.6.3)", f"keep only one: {zone_line(record)}")
     policy = _tags(dmarc[0]).get("p", "")
     if policy.lower() not in ("none", "quarantine", "reject"):
         return RecordCheck(record, "wrong", dmarc,
                            f"p={policy or '(none given)'} is not a DMARC policy (none, "
                            "quarantine, reject; RFC 7489 section 6.3)",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     return RecordCheck(record, "ok", dmarc, f"p={policy}")
 
 
@@ -306,14 +310,14 @@ async def _check_mta_sts(ctx: _Context, record: Record) -> RecordCheck:
     if len(sts) > 1:
         return RecordCheck(record, "wrong", sts,
                            f"{len(sts)} MTA-STS records: senders then assume no policy "
-                           "(RFC 8461 section 3.1)", f"keep only one: \"{record.value}\"")
+                           "(RFC 8461 section 3.1)", f"keep only one: {zone_line(record)}")
     found_id = _tags(sts[0]).get("id", "")
     current = policy_id(ctx.config)
     if found_id != current:
         return RecordCheck(record, "wrong", sts,
                            f"id={found_id or '(none)'} is not the current policy's id {current}: "
                            "senders keep the old policy (RFC 8461 section 3.1)",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     return RecordCheck(record, "ok", sts, f"id={current}")
 
 
@@ -327,11 +331,11 @@ async def _check_tls_rpt(ctx: _Context, record: Record) -> RecordCheck:
     if len(rpt) > 1:
         return RecordCheck(record, "wrong", rpt,
                            f"{len(rpt)} TLS-RPT records: senders then report nothing "
-                           "(RFC 8460 section 3)", f"keep only one: \"{record.value}\"")
+                           "(RFC 8460 section 3)", f"keep only one: {zone_line(record)}")
     rua = _tags(rpt[0]).get("rua", "")
     if not rua:
         return RecordCheck(record, "wrong", rpt, "no rua= (where reports go, RFC 8460 section 3)",
-                           f"replace it: \"{record.value}\"")
+                           _replace_fix(record))
     return RecordCheck(record, "ok", rpt, f"rua={rua}")
 
 
@@ -348,14 +352,13 @@ async def _check_srv(ctx: _Context, record: Record) -> RecordCheck:
         if not offered:
             return RecordCheck(record, "ok", found, "says the service is not offered")
         return RecordCheck(record, "wrong", found,
-                           "advertises a service that is off here", f"replace it: "
-                           f"{_publish_fix(record)}")
+                           "advertises a service that is off here", _replace_fix(record))
     if not answer.records:
         return _missing(record, "not published: clients cannot find the service",
                         _publish_fix(record))
     if not offered:
         return RecordCheck(record, "wrong", found, "says the service is not offered (\".\")",
-                           f"replace it: {_publish_fix(record)}")
+                           _replace_fix(record))
     ours = await ctx.our_addresses()
     for r in offered:
         if r.port != port:
@@ -364,7 +367,7 @@ async def _check_srv(ctx: _Context, record: Record) -> RecordCheck:
             return RecordCheck(record, "ok", found, f"{r.target} port {r.port}")
     return RecordCheck(record, "wrong", found,
                        f"points at {', '.join(f'{r.target} port {r.port}' for r in offered)}, "
-                       f"not {target} port {port}", f"replace it: {_publish_fix(record)}")
+                       f"not {target} port {port}", _replace_fix(record))
 
 
 async def _check_ptr(ctx: _Context, record: Record) -> RecordCheck:
