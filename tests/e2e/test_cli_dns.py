@@ -171,3 +171,13 @@ def test_dns_failure_is_an_error_and_bad_domain_one_line(conf: Path) -> None:
     assert "MISSING" not in statuses.values()
     assert "invalid domain name" in one_line_error(dns(conf, "records", "not a domain"))
     assert "invalid domain name" in one_line_error(dns(conf, "check", "localhost"))
+
+
+def test_a_domain_in_the_directory_gets_no_warning(conf: Path) -> None:
+    assert run("--config", str(conf), "domain", "add", LOCAL_DOMAIN).returncode == 0
+    result = dns(conf, "records", LOCAL_DOMAIN, "--format", "json")
+    assert result.returncode == 0 and "directory" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["addresses"] == {"ipv4": [PYMAIL_ADDRESS], "ipv6": []}
+    other = dns(conf, "records", "other.test")
+    assert other.returncode == 0
+    assert "warning: other.test is not in the directory: pymail does not serve it" in other.stderr

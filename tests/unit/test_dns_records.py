@@ -221,10 +221,15 @@ def test_everything_published_is_ok(config: Config) -> None:
      ("SRV", f"_pop3._tcp.{DOMAIN}"), "wrong", "advertises a service that is off here"),
     ({"_smtp._tls.example.test TXT": [b"v=TLSRPTv1;"]}, ("TXT", f"_smtp._tls.{DOMAIN}"),
      "wrong", "no rua="),
+    ({"10.2.0.192.in-addr.arpa PTR": FakeResolver.SERVFAIL}, ("PTR", "10.2.0.192.in-addr.arpa"),
+     "error", "DNS gave no answer"),
+    ({"example.test TXT": [b"v=spf1 include:broken.test ~all"], "broken.test TXT": FakeResolver.SERVFAIL},
+     ("TXT", DOMAIN), "error", "could not be evaluated"),
 ], ids=["spf-not-authorised", "spf-two", "spf-too-many-lookups", "spf-none", "dmarc-missing",
         "dmarc-two", "dmarc-bad-p", "dmarc-servfail", "mx-elsewhere", "null-mx", "mx-timeout",
         "a-wrong", "ptr-other-name", "ptr-missing", "no-fcrdns", "mta-sts-stale",
-        "cname-elsewhere", "srv-port", "srv-off-advertised", "tlsrpt-no-rua"])
+        "cname-elsewhere", "srv-port", "srv-off-advertised", "tlsrpt-no-rua", "ptr-servfail",
+        "spf-include-servfail"])
 def test_wrong_cases(config: Config, change: dict, key: tuple[str, str], status: str,
                      words: str) -> None:
     resolver = published(config)
@@ -280,3 +285,13 @@ def test_cnames_are_followed(config: Config) -> None:
     mx = results[("MX", DOMAIN)]
     assert mx.status == "ok" and "smtp.example.test resolves to this host's address" in mx.detail
     assert results[("PTR", "10.2.0.192.in-addr.arpa")].status == "ok"  # FCrDNS via the CNAME
+
+
+def test_spf_without_a_known_address_is_not_evaluated(tmp_path: Path) -> None:
+    config = make_config(tmp_path, publish={"ipv4": [], "ipv6": []})
+    resolver = FakeResolver({f"{DOMAIN} TXT": [b"v=spf1 mx ~all"],
+                             f"{DOMAIN} MX": [MxRecord(10, HOST)], f"{HOST} A": [V4]})
+    results = checks(config, resolver)
+    spf = results[("TXT", DOMAIN)]
+    assert spf.status == "info" and "set [publish] ipv4" in spf.detail and not spf.failed
+    assert results[("MX", DOMAIN)].status == "ok"
