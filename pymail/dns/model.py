@@ -11,6 +11,7 @@ Record values, per type (``Answer.records``):
 ``TLSA``      `TlsaRecord` (RFC 6698 section 2.1)
 ``PTR``       ``str``, the target host name
 ``CNAME``     ``str``, the target host name
+``SRV``       `SrvRecord` (RFC 2782; `pymail dns check`, RFC 6186 client SRV)
 ============  ==========================================================
 """
 
@@ -20,7 +21,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-SUPPORTED_TYPES = ("A", "AAAA", "MX", "TXT", "TLSA", "PTR", "CNAME")
+SUPPORTED_TYPES = ("A", "AAAA", "MX", "TXT", "TLSA", "PTR", "CNAME", "SRV")
 
 
 class DnsError(Exception):
@@ -35,6 +36,14 @@ class DnsTemporaryError(DnsError):
 class MxRecord:
     preference: int
     host: str  #: lower case, no trailing dot; "" for the null MX "." (RFC 7505)
+
+
+@dataclass(frozen=True, slots=True)
+class SrvRecord:
+    priority: int
+    weight: int
+    port: int
+    target: str  #: lower case, no trailing dot; "" for "." (no such service, RFC 2782)
 
 
 @dataclass(frozen=True, slots=True)

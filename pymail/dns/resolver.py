@@ -30,6 +30,7 @@ from pymail.dns.model import (
     DnsError,
     DnsTemporaryError,
     MxRecord,
+    SrvRecord,
     TlsaRecord,
     normalise_name,
 )
@@ -53,6 +54,9 @@ def _value(rdtype: str, rdata: Any) -> Any:
         return b"".join(rdata.strings)
     if rdtype == "TLSA":
         return TlsaRecord(int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert))
+    if rdtype == "SRV":
+        return SrvRecord(int(rdata.priority), int(rdata.weight), int(rdata.port),
+                         _host(rdata.target))
     if rdtype in ("PTR", "CNAME"):
         return _host(rdata.target)
     raise DnsError(f"unsupported record type {rdtype}")
