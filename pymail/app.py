@@ -9,6 +9,10 @@ queued mail, let deliveries in progress (inbound, and outbound within
 421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
+With ``[acme]``, the first worker also runs the ACME client (pymail.ops.acme) once its
+listeners are bound: the embedded default's certificate (or the last one issued) is
+served until a new one is in ``<data_dir>/acme/live``; it is cancelled first at a stop.
+
 With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
 (`pymail.net.watchdog`): code that holds it longer is logged.
 
@@ -20,6 +24,7 @@ own storage connections; the parent forwards signals and waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -432,12 +437,16 @@ class Worker:
         return None
 
     def _tls_context(self) -> ssl.SSLContext:
-        """The server TLS context: the configured files, else the embedded default's."""
+        """The server TLS context: the configured files, else [acme]'s certificate once
+        issued, else the embedded default's."""
         if self.tls_context is None:
             cfg = self.config
+            acme_live = cfg.acme_dir / "live"
             if cfg.tls.cert is not None and cfg.tls.key is not None:
                 cert, key = cfg.tls.cert, cfg.tls.key
-            else:
+            elif cfg.acme.enabled and (acme_live / "cert.pem").is_file() and (acme_live / "key.pem").is_file():
+                cert, key = acme_live / "cert.pem", acme_live / "key.pem"  # [acme] has issued one
+            else:  # the embedded default (with [acme]: until the first issuance)
                 try:
                     files = ensure_embedded_certificates(cfg.tls_dir, cfg.server.hostname)
                 except (OSError, ValueError) as e:
@@ -448,6 +457,23 @@ class Worker:
             except ValueError as e:
                 raise StartupError(f"tls: {e}") from None
         return self.tls_context
+
+    def acme_manager(self):
+        """The ACME client for [acme] (pymail.ops.acme), answering challenges through the
+        store every listener reads; a new certificate is reloaded into the listeners."""
+        from pymail.ops.acme import AcmeManager, challenge_store
+
+        return AcmeManager(self.config, challenge_store(self.config), self._acme_issued)
+
+    def _acme_issued(self) -> None:
+        # pymail.net.tlsstore.ServerCertificates (issue 13's certificate reload) serves
+        # acme_dir/live and re-reads it here; other workers notice the files by polling.
+        certificates = getattr(self, "certificates", None)
+        if certificates is None:  # a build without certificate reload
+            log.warning("acme: the new certificate in %s is served from the next start",
+                        self.config.acme_dir / "live")
+            return
+        certificates.reload()
 
     def start_sweeper(self) -> None:
         """Sweep orphan blobs every `storage.orphan_sweep_interval` seconds."""
@@ -515,16 +541,23 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool) -> None:
     if config.server.loop_watchdog > 0:  # off: nothing is created
         watchdog = LoopWatchdog(config.server.loop_watchdog)
         watchdog.start()
+    acme_task = None
     try:
         if announce:  # the first (or only) worker also sweeps orphan blobs
             for line in lines:
                 log.info(line)
+            if config.acme.enabled:  # and keeps the ACME certificate, once the listeners answer
+                acme_task = asyncio.ensure_future(worker.acme_manager().run())
             if watchdog is not None:
                 log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
                          watchdog.threshold)
             worker.start_sweeper()
             sdnotify.ready()
         await stop.wait()
+        if acme_task is not None:  # (an exchange already in its thread ends on its own)
+            acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acme_task
         log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
         sdnotify.stopping()
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
