@@ -325,3 +325,30 @@ def test_pymail_serve_gets_and_serves_its_acme_certificate(pebble, tmp_path, int
         assert "acme: requesting" not in server.log().split("acme: issued certificate")[1]
     finally:
         server.stop()
+
+
+def test_cli_status_and_renew(pebble, tmp_path, internet):
+    """`pymail acme status|renew` (no server running: the stand-in answers http-01)."""
+    from pymail.net.challenges import ChallengeStore
+    from tests.pymail_harness import PymailServer
+
+    acme = (f'\n[acme]\ndirectory_url = "{pebble.directory_url}"\nca_file = "{pebble.ca_file}"\n')
+    server = PymailServer(tmp_path, hostname=PYMAIL_HOSTNAME, extra_config=internet.dns_config() + acme)
+    pebble.responder.store = ChallengeStore(server.data_dir / "acme" / "challenges")
+
+    status = server.cli("acme", "status").stdout
+    assert "certificate: none yet" in status and "renewal:     due: no certificate yet" in status
+    renewed = server.cli("acme", "renew").stdout
+    assert renewed.startswith(f"issued {server.data_dir / 'acme' / 'live' / 'cert.pem'} for {PYMAIL_HOSTNAME}")
+    verify_chain(server.data_dir / "acme", pebble, PYMAIL_HOSTNAME)
+    status = server.cli("acme", "status").stdout
+    assert "renewal:     not due" in status and "account:     https://127.0.0.1:" in status
+    assert server.cli("acme", "renew").stdout.startswith("not due")
+
+    # The CA gone: one line on stderr, exit 1.
+    config = server.config_path.read_text().replace(pebble.directory_url,
+                                                    f"https://127.0.0.1:{free_loopback_port()}/dir")
+    server.config_path.write_text(config)
+    failed = server.cli("acme", "renew", "--force", check=False)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.count("\n") == 1 and "Connection refused" in failed.stderr, failed.stderr
