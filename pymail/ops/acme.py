@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,6 +262,10 @@ class AcmeManager:
             except errors.TimeoutError:
                 raise AcmeError(f"the CA did not finish the order within {ORDER_TIMEOUT:.0f}s") from None
             except (errors.Error, ValueError) as e:
+                response = next((a for a in getattr(e, "args", ()) if isinstance(a, requests.Response)), None)
+                if response is not None:  # not a problem document: e.g. a wrong directory URL
+                    raise AcmeError(f"HTTP {response.status_code} {response.reason} from {response.url} "
+                                    "(is acme.directory_url right?)") from None
                 raise AcmeError(f"unexpected answer from the CA: {e}") from None
             except requests.exceptions.SSLError as e:
                 raise AcmeError(f"TLS to {self.config.acme.directory_url} failed: {_root_cause(e)}"
@@ -532,19 +537,26 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 def _root_cause(error: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error ("Connection refused")."""
-    seen = error
+    """The innermost reason of a requests/urllib3 error ("Connection refused",
+    "certificate verify failed: ...")."""
+    seen, inner = {id(error)}, error
     while True:
-        nxt = getattr(seen, "reason", None) or (seen.args[0] if seen.args and
-                                                 isinstance(seen.args[0], BaseException) else None)
-        if nxt is None or nxt is seen:
+        reason = getattr(inner, "reason", None)
+        nxt = reason if isinstance(reason, BaseException) else next(
+            (a for a in inner.args if isinstance(a, BaseException)), None)
+        nxt = nxt or inner.__cause__ or inner.__context__
+        if nxt is None or id(nxt) in seen:
             break
-        seen = nxt
-    text = str(seen)
+        seen.add(id(nxt))
+        inner = nxt
+    if isinstance(inner, ssl.SSLError) and inner.reason:
+        return getattr(inner, "verify_message", None) and f"certificate verify failed: {inner.verify_message}" \
+            or str(inner.reason).lower().replace("_", " ")
+    text = str(inner)
     match = _ERRNO.search(text) or _ERRNO.search(str(error))
     if match:
         return match.group(1).strip().rstrip(".")
-    return text.split(": ", 1)[-1] if ": " in text else text
+    return text.rsplit(": ", 1)[-1] if ": " in text else text
 
 
 def _one_line(text: str) -> str:

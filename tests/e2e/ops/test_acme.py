@@ -352,3 +352,21 @@ def test_cli_status_and_renew(pebble, tmp_path, internet):
     failed = server.cli("acme", "renew", "--force", check=False)
     assert failed.returncode == 1 and failed.stdout == ""
     assert failed.stderr.count("\n") == 1 and "Connection refused" in failed.stderr, failed.stderr
+
+
+@pytest.mark.parametrize(("acme", "expected"), [
+    ({"ca_file": None}, "certificate verify failed: unable to get local issuer certificate "
+                        "(a private CA needs [acme] ca_file)"),
+    ({"directory_url": "/nothing"}, "HTTP 404 Not Found from "),
+])
+def test_wrong_ca_settings_are_one_clear_line(pebble, tmp_path, acme, expected):
+    from pymail.ops.acme import AcmeError
+
+    if "directory_url" in acme:
+        acme = {"directory_url": pebble.directory_url.replace("/dir", acme["directory_url"])}
+    config = acme_config(tmp_path, pebble, **acme)
+    manager, issued = manager_for(config, pebble)
+    with pytest.raises(AcmeError) as failure:
+        asyncio.run(manager.issue())
+    assert expected in str(failure.value) and "\n" not in str(failure.value)
+    assert not issued
