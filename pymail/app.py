@@ -9,6 +9,10 @@ queued mail, let deliveries in progress (inbound, and outbound within
 421 to idle sessions, close storage.  A
 second signal during the stop ends the process at once.
 
+With ``[acme]``, the first worker also runs the ACME client (pymail.ops.acme) once its
+listeners are bound: the embedded default's certificate (or the last one issued) is
+served until a new one is in ``<data_dir>/acme/live``; it is cancelled first at a stop.
+
 With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
 (`pymail.net.watchdog`): code that holds it longer is logged.
 
@@ -26,6 +30,7 @@ get the new certificates, open ones keep theirs, a bad file leaves the old ones 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -224,6 +229,8 @@ class Worker:
     copy_observer: "CopyObserver | None" = None
     #: teaches Rspamd what users move into and out of Junk (with copy_observer)
     trainer: "SpamTrainer | None" = None
+    #: tasks started on the side (a certificate reload after an ACME issuance)
+    _background: set[asyncio.Future] = field(default_factory=set)
     #: closed at stop, after the services (clients of helper services)
     _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -485,6 +492,23 @@ class Worker:
             self.certificates = certificates
         return self.certificates.context
 
+    def acme_manager(self):
+        """The ACME client for [acme] (pymail.ops.acme), answering challenges through the
+        store every listener reads; a new certificate is reloaded into the listeners."""
+        from pymail.ops.acme import AcmeManager, challenge_store
+
+        return AcmeManager(self.config, challenge_store(self.config), self._acme_issued)
+
+    def _acme_issued(self) -> None:
+        """A new ACME certificate is in acme_dir/live: this worker loads it now (the
+        files are read in a thread); the other workers notice it by polling
+        (``tls.check_interval``)."""
+        if self.certificates is None:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self.certificates.reload))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def start_sweeper(self) -> None:
         """Sweep orphan blobs every `storage.orphan_sweep_interval` seconds."""
         interval = self.config.storage.orphan_sweep_interval
@@ -564,16 +588,23 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool,
     if config.server.loop_watchdog > 0:  # off: nothing is created
         watchdog = LoopWatchdog(config.server.loop_watchdog)
         watchdog.start()
+    acme_task = None
     try:
         if announce:  # the first (or only) worker also sweeps orphan blobs
             for line in lines:
                 log.info(line)
+            if config.acme.enabled:  # and keeps the ACME certificate, once the listeners answer
+                acme_task = asyncio.ensure_future(worker.acme_manager().run())
             if watchdog is not None:
                 log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
                          watchdog.threshold)
             worker.start_sweeper()
             sdnotify.ready()
         await stop.wait()
+        if acme_task is not None:  # (an exchange already in its thread ends on its own)
+            acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acme_task
         log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
         sdnotify.stopping()
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
+from pymail.cli.acme import add_acme_command
 from pymail.cli.dkim import add_dkim_command
 from pymail.cli.dns import add_dns_command
 from pymail.config import ConfigError, config_as_toml, load_config
@@ -495,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     q_sub.add_parser("flush", help="make every waiting recipient due now (Postfix's postqueue -f)")
     add_dkim_command(command, _Parser)
     add_dns_command(command, _Parser)
+    add_acme_command(command, _Parser)
     store = command("store", "message storage maintenance", cmd_store)
     s_sub = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     s_gc = s_sub.add_parser("gc", help="delete blobs no message refers to (orphans)")
