@@ -3,11 +3,13 @@ really validated (RFC 8555 http-01, RFC 8737 tls-alpn-01).
 
 Pebble (tests/services/pebble.py) resolves names through the tests' NSD, where
 mail.example.test is 127.0.0.1, and validates on its own ports.  What answers there is
-this module's *stand-in for pymail's public web listener* (pymail.net.web, another
-engineer's work): a tiny aiohttp app serving ``GET /.well-known/acme-challenge/{token}``
+this module's *stand-in for pymail's public web listener* for the client-level tests: a
+tiny aiohttp app serving ``GET /.well-known/acme-challenge/{token}``
 from the same `ChallengeStore` the client writes to, and an SSL server whose SNI callback
 switches to `ChallengeStore.tls_alpn_context` -- exactly what pymail's listeners do.  One
-pebble and one stand-in serve the whole module; each test has its own data_dir.
+pebble and one stand-in serve the whole module; each test has its own data_dir.  The
+`pymail serve` tests use pymail's own [listen] web and https instead, with a pebble of
+their own validating on those ports.
 """
 
 from __future__ import annotations
@@ -294,37 +296,51 @@ def served_certificate(port: int, cadata: str) -> x509.Certificate:
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
-def test_pymail_serve_gets_and_serves_its_acme_certificate(pebble, tmp_path, internet):
-    """A real `pymail serve` with [acme]: the embedded default's certificate until the
-    first issuance, the log line, and the ACME certificate served (here: after a restart,
-    until the certificate reload of issue 13 is merged) without a second order.  The
-    http-01 answers still come from this module's stand-in, reading the server's own
-    ChallengeStore (<data_dir>/acme/challenges)."""
-    from pymail.net.challenges import ChallengeStore
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_pymail_serve_gets_and_serves_its_acme_certificate(challenge, tmp_path, internet):
+    """A real `pymail serve` with [acme], end to end through its own listeners: a pebble
+    of its own validates on pymail's [listen] web (http-01) or [listen] https
+    (tls-alpn-01, RFC 8737: the validation certificate chosen by SNI with ALPN
+    acme-tls/1); until then the embedded default's certificate is served, then the ACME
+    one is on IMAPS and HTTPS at once (reloaded, no restart), and a restart does not
+    order again."""
+    import time
+
     from tests.pymail_harness import PymailServer
 
-    acme = (f'\n[acme]\ndirectory_url = "{pebble.directory_url}"\nca_file = "{pebble.ca_file}"\n'
-            'contact = "hostmaster@example.test"\n')
-    server = PymailServer(tmp_path, hostname=PYMAIL_HOSTNAME, imaps=True,
+    acme = "\n[acme]\ncontact = \"hostmaster@example.test\"\n"
+    server = PymailServer(tmp_path, hostname=PYMAIL_HOSTNAME, imaps=True, web=True, https=True,
                           extra_config=internet.dns_config() + acme)
-    pebble.responder.store = ChallengeStore(server.data_dir / "acme" / "challenges")
-    server.start()
+    own = PebbleService(internet.nsd.port, http_port=server.web_port,
+                        tls_port=server.https_port).start()
     try:
+        contact = 'contact = "hostmaster@example.test"\n'  # pebble's URL, now that it runs
+        server.config_path.write_text(server.config_path.read_text().replace(contact, contact + (
+            f'directory_url = "{own.directory_url}"\nca_file = "{own.ca_file}"\n'
+            f'challenge = "{challenge}"\n')))
+        server.start()
         log = wait_for_log(server, f"acme: issued certificate for {PYMAIL_HOSTNAME} (expires ")
         assert "Traceback" not in log
-        # Until the reload lands in this process, it served the embedded default.
+        root = own.root_pem().decode()
+        live = x509.load_pem_x509_certificate((server.data_dir / "acme" / "live" / "cert.pem").read_bytes())
+        deadline = time.monotonic() + 10
+        while True:  # the worker reloads in a thread right after the log line
+            try:
+                leaf = served_certificate(server.imaps_port, root)
+                break
+            except ssl.SSLCertVerificationError:
+                assert time.monotonic() < deadline, "the ACME certificate is not served"
+                time.sleep(0.1)
+        assert leaf.serial_number == live.serial_number
+        assert served_certificate(server.https_port, root).serial_number == live.serial_number
         assert server.stop() == 0
         server.start()
-        root = pebble.root_pem().decode()
-        leaf = served_certificate(server.imaps_port, root)
-        live = x509.load_pem_x509_certificate((server.data_dir / "acme" / "live" / "cert.pem").read_bytes())
-        assert leaf.serial_number == live.serial_number
-        import time
+        assert served_certificate(server.imaps_port, root).serial_number == live.serial_number
         time.sleep(1.0)  # the renewal loop's first look, at start: nothing to do
         assert server.log().count("acme: issued certificate") == 1
-        assert "acme: requesting" not in server.log().split("acme: issued certificate")[1]
     finally:
         server.stop()
+        own.stop()
 
 
 def test_cli_status_and_renew(pebble, tmp_path, internet):
