@@ -523,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: storage: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
+    except BrokenPipeError:  # `pymail dns check ... | head`: the reader left, not an error of ours
+        # Python's advice (signal module docs, "Note on SIGPIPE"): point stdout at
+        # /dev/null so that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 1
 
 
