@@ -35,7 +35,6 @@ import logging
 import os
 import signal
 import ssl
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.net.tlsstore import ServerCertificates
 from pymail.net.watchdog import LoopWatchdog
 from pymail.net.web import ClientAutoconfig, PublicWebService
+from pymail.logformat import setup_logging
 from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 from pymail.store.space import FreeSpace
@@ -81,19 +81,6 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 QUEUE_GRACE_SECONDS = 10.0
 #: Orphan sweeps while the disk is below storage.min_free_space, at most this often.
 LOW_SPACE_SWEEP_SECONDS = 300.0
-
-
-def setup_logging(level: str) -> None:
-    """One line per event on stderr (journald adds its own timestamps and unit name)."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        force=True,
-    )
-    # aiosmtpd logs every command at INFO; its lines are debugging material.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 class StartupError(Exception):
@@ -630,7 +617,7 @@ def announce_config(config: Config) -> None:
 
 def serve(config: Config) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT.  Returns the exit code."""
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.server.log_format)
     # SIGHUP reloads the certificates once the workers run; until then it must not end
     # the process (its default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
