@@ -39,9 +39,13 @@ class CA:
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, names: list[str], *, days: float = 60, expired: bool = False) -> Pair:
+    def issue(self, names: list[str], *, days: float = 60, expired: bool = False,
+              not_after: dt.datetime | None = None) -> Pair:
+        """`not_after`: an exact expiry (e.g. seconds from now, to expire while running)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        if expired:
+        if not_after is not None:
+            not_before = NOW - dt.timedelta(hours=1)
+        elif expired:
             not_before, not_after = NOW - dt.timedelta(days=30), NOW - dt.timedelta(days=1)
         else:
             not_before, not_after = NOW - dt.timedelta(hours=1), NOW + dt.timedelta(days=days)

@@ -22,6 +22,7 @@ from typing import NoReturn
 from pymail.cli.acme import add_acme_command
 from pymail.cli.dkim import add_dkim_command
 from pymail.cli.dns import add_dns_command
+from pymail.cli.doctor import add_doctor_command
 from pymail.cli.firewall import add_firewall_command
 from pymail.config import ConfigError, config_as_toml, load_config
 from pymail.config.schema import Config, parse_size
@@ -499,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dns_command(command, _Parser)
     add_acme_command(command, _Parser)
     add_firewall_command(command, _Parser)
+    add_doctor_command(command, _Parser)
     store = command("store", "message storage maintenance", cmd_store)
     s_sub = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     s_gc = s_sub.add_parser("gc", help="delete blobs no message refers to (orphans)")

@@ -90,7 +90,9 @@ def _split(address: str) -> tuple[str, str]:
     return local, domain.lower()
 
 
-def _is_local_transport(transport: str | None) -> bool:
+def is_local_transport(transport: str | None) -> bool:
+    """Whether ``domains.transport`` means local delivery (``virtual:``, ``lmtp:``...,
+    or unset); anything else relays the domain's mail onward."""
     return (transport or "virtual:").lower().startswith(LOCAL_TRANSPORT_PREFIXES)
 
 
@@ -142,7 +144,7 @@ class Router:
             return Resolution(RecipientStatus.REMOTE, nexthop=NextHop(domain_name))
         if not domain.is_active:
             return Resolution(RecipientStatus.DOMAIN_DISABLED)
-        if not _is_local_transport(domain.transport):
+        if not is_local_transport(domain.transport):
             nexthop = parse_transport(domain.transport, domain_name)
             if nexthop is None:
                 return Resolution(RecipientStatus.UNSUPPORTED_TRANSPORT,
@@ -179,7 +181,7 @@ class Router:
             if not domain.is_active:
                 walk.disabled_domain.append(address)
                 return
-            if not _is_local_transport(domain.transport):
+            if not is_local_transport(domain.transport):
                 nexthop = parse_transport(domain.transport, domain_name)
                 if nexthop is None:
                     walk.unsupported.append(f"{address}: transport {domain.transport}")
