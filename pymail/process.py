@@ -11,10 +11,25 @@ In each worker (`_run_worker`): SIGTERM/SIGINT start the stop (`Worker.stop`: fi
 deliveries within the grace period); a second signal during the stop ends the process at
 once.  SIGHUP re-reads the certificates.
 
-The first (or only) worker -- "announcing" -- is the one that speaks for the service:
-it logs the listening addresses, sweeps orphan blobs, runs the ACME client with
-``[acme]`` (cancelled first at a stop) and sends systemd ``READY=1`` once its
-listeners are bound.  Every worker sends ``STOPPING=1`` when its stop begins.
+The first (or only) worker -- "announcing" -- is the one that speaks for the service: it
+logs the listening addresses, sweeps orphan blobs, runs the ACME client with ``[acme]``
+(cancelled first at a stop) and sends systemd ``READY=1`` once its listeners are bound,
+then, with ``WatchdogSec=``, the keep-alive. Every worker sends ``STOPPING=1`` when its
+stop begins.
+
+The systemd watchdog (``WATCHDOG=1``, pymail.net.sdnotify.keep_alive) is sent from an
+asyncio task on the announcing worker's serving event loop, so each keep-alive proves
+that loop ran its timers, not merely that a process exists. One worker sends it, not
+every worker: systemd keeps one timer per unit and any process may reset it
+(NotifyAccess=all), so keep-alives from N workers would prove only that at least one
+loop is alive and would hide a worker that hangs; from the first worker alone, a hang of
+that one is caught, and so is a hang of all of them (the first is among them). A stall
+of another worker is not restarted; the loop watchdog below logs it when it is on. It
+starts right after ``READY=1`` (systemd arms the timer when the start completes) and
+goes on through the graceful stop -- that loop still serves the sessions finishing, and
+TimeoutStopSec= bounds the stop -- until `Worker.stop` returns. With `server.workers =
+1` that worker is the main process, whose pid systemd puts in ``$WATCHDOG_PID``; a
+prefork worker's parent is (sdnotify's `watchdog_interval` accepts both).
 
 With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
 (`pymail.net.watchdog`): code that holds it longer is logged.
@@ -79,6 +94,7 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool,
         watchdog = LoopWatchdog(config.server.loop_watchdog)
         watchdog.start()
     acme_task = None
+    keep_alive: asyncio.Future[None] | None = None
     try:
         if announce:  # the first (or only) worker also sweeps orphan blobs
             for line in lines:
@@ -90,6 +106,7 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool,
                          watchdog.threshold)
             worker.start_sweeper()
             sdnotify.ready()
+            keep_alive = _start_keep_alive()
         await stop.wait()
         if acme_task is not None:  # (an exchange already in its thread ends on its own)
             acme_task.cancel()
@@ -101,9 +118,23 @@ async def _run_worker(config: Config, reuse_port: bool, announce: bool,
             loop.add_signal_handler(sig, lambda: os._exit(1))
         await worker.stop()
     finally:
+        if keep_alive is not None:  # after the stop: the loop served until the end
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
         if watchdog is not None:
             watchdog.stop()
     log.info("stopped")
+
+
+def _start_keep_alive() -> asyncio.Future[None] | None:
+    """The systemd watchdog's keep-alive task on this loop, when systemd asks for one
+    (`sdnotify.watchdog_interval`); None otherwise."""
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return None
+    log.info("systemd watchdog on: WATCHDOG=1 every %.3gs", interval)
+    return asyncio.ensure_future(sdnotify.keep_alive(interval))
 
 
 def _event_loop_runner():
