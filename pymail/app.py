@@ -1,39 +1,32 @@
-"""Composition root: config → storage → services; start, run until a signal, stop.
+"""Composition root: config → storage → services of one worker, started and stopped.
 
-Start order: certificates (embedded default), storage opened and migrated, then each
-listener bound, then the outbound queue's runner started (pymail.delivery.runner, one per
-worker process); only then readiness is reported (log lines naming every address, and
-`READY=1` to systemd).  Stop order (SIGTERM/SIGINT): stop accepting and stop claiming
-queued mail, let deliveries in progress (inbound, and outbound within
-`QUEUE_GRACE_SECONDS`; the rest go back to the queue) finish within the grace period, say
-421 to idle sessions, close storage.  A
-second signal during the stop ends the process at once.
+`Worker` is one process's services over one storage connection set.  Start order:
+certificates (embedded default), storage opened and migrated, then each listener bound,
+then the outbound queue's runner started (pymail.delivery.runner, one per worker
+process); only then is readiness reported (by pymail.process: log lines naming every
+address, and `READY=1` to systemd).  Stop order (`Worker.stop`): stop accepting and stop
+claiming queued mail, let deliveries in progress (inbound, and outbound within
+`QUEUE_GRACE_SECONDS`; the rest go back to the queue) finish within the grace period,
+say 421 to idle sessions, close storage.
 
-With ``[acme]``, the first worker also runs the ACME client (pymail.ops.acme) once its
-listeners are bound: the embedded default's certificate (or the last one issued) is
-served until a new one is in ``<data_dir>/acme/live``; it is cancelled first at a stop.
-
-With `server.loop_watchdog` above 0, each worker's event loop is watched while it serves
-(`pymail.net.watchdog`): code that holds it longer is logged.
-
-With `server.workers > 1` the parent prepares storage and certificates, then forks that
-many worker processes which each bind the same ports with SO_REUSEPORT and open their
-own storage connections; the parent forwards signals and waits.
+The preparation every process model shares lives here too: `prepare_storage`,
+`prepare_spool`, `prepare_tls`, `open_configured_store`, and `StartupError`, the one-line
+reason pymail cannot start.  How processes run these -- one process or a prefork parent
+and its workers, signals, systemd notifications -- is pymail.process; `serve` is
+re-exported here for the callers that import it from pymail.app.
 
 Certificates (pymail.net.tlsstore): loaded once before the workers start (a bad pair
 stops the start with one line); every listener holds the one `ServerCertificates.context`.
-SIGHUP (forwarded by the prefork parent to every worker) re-reads the certificate files
-in each worker, and so does each worker's poller when the files change; new connections
-get the new certificates, open ones keep theirs, a bad file leaves the old ones served.
+SIGHUP (`Worker.reload_certificates`) re-reads the certificate files in each worker, and
+so does each worker's poller when the files change; new connections get the new
+certificates, open ones keep theirs, a bad file leaves the old ones served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,9 +54,7 @@ from pymail.net.mx import MxHandler
 from pymail.net.smtp import SmtpService
 from pymail.net.submission import SubmissionHandler, SubmissionSMTP
 from pymail.net.tlsstore import ServerCertificates
-from pymail.net.watchdog import LoopWatchdog
 from pymail.net.web import ClientAutoconfig, PublicWebService
-from pymail.logformat import setup_logging
 from pymail.proto.imap.names import MailboxLimits
 from pymail.store import PostgresSettings, S3Settings, StorageError, Store, open_store
 from pymail.store.space import FreeSpace
@@ -546,136 +537,9 @@ class Worker:
             await self.store.close()
 
 
-async def _run_worker(config: Config, reuse_port: bool, announce: bool,
-                      certificates: ServerCertificates | None = None) -> None:
-    if certificates is not None:
-        certificates.warn_expiry = announce  # the warnings once, not once per worker
-    worker = Worker(config, reuse_port=reuse_port, certificates=certificates, announce=announce)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Future[bool]] = set()  # held until done (the loop keeps weak refs)
-
-    def reload_soon() -> None:
-        task = asyncio.ensure_future(worker.reload_certificates())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, reload_soon)
-    try:
-        lines = await worker.start()
-    except BaseException:
-        await worker.stop()
-        raise
-    # The watchdog watches the loop while it serves clients: from the moment every
-    # listener is bound to the end of the stop.  (Before, the start loads keys, whose
-    # checks keep the GIL for a moment, with no client to wait for them.)
-    watchdog = None
-    if config.server.loop_watchdog > 0:  # off: nothing is created
-        watchdog = LoopWatchdog(config.server.loop_watchdog)
-        watchdog.start()
-    acme_task = None
-    try:
-        if announce:  # the first (or only) worker also sweeps orphan blobs
-            for line in lines:
-                log.info(line)
-            if config.acme.enabled:  # and keeps the ACME certificate, once the listeners answer
-                acme_task = asyncio.ensure_future(worker.acme_manager().run())
-            if watchdog is not None:
-                log.info("loop watchdog on: a warning names code that holds the event loop over %.3fs",
-                         watchdog.threshold)
-            worker.start_sweeper()
-            sdnotify.ready()
-        await stop.wait()
-        if acme_task is not None:  # (an exchange already in its thread ends on its own)
-            acme_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acme_task
-        log.info("stopping: finishing deliveries in progress (up to %ds)", SHUTDOWN_GRACE_SECONDS)
-        sdnotify.stopping()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now
-            loop.add_signal_handler(sig, lambda: os._exit(1))
-        await worker.stop()
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-    log.info("stopped")
-
-
-def _event_loop_runner():
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run
-    return uvloop.run
-
-
-def announce_config(config: Config) -> None:
-    log.info("data in %s (index %s, blobs %s)", config.server.data_dir, config.index_url, config.blobs_url)
-
-
 def serve(config: Config) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT.  Returns the exit code."""
-    setup_logging(config.server.log_level, config.server.log_format)
-    # SIGHUP reloads the certificates once the workers run; until then it must not end
-    # the process (its default action).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    run = _event_loop_runner()
-    try:
-        config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        prepare_spool(config)
-        certificates = prepare_tls(config)
-        announce_config(config)
-        if config.server.workers == 1:
-            run(_run_worker(config, reuse_port=False, announce=True, certificates=certificates))
-            return 0
-        # Prefork: storage is migrated once here, before any thread exists.
-        async def migrate_once() -> None:
-            store = await prepare_storage(config)
-            await store.close()
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code
+    (pymail.process.serve, imported late: that module imports this one)."""
+    from pymail.process import serve as serve_processes
 
-        run(migrate_once())
-    except StartupError as e:
-        log.error("cannot start: %s", e)
-        return 1
-    except OSError as e:
-        log.error("cannot start: %s", e)
-        return 1
-    return _prefork(config, run, certificates)
-
-
-def _prefork(config: Config, run, certificates: ServerCertificates | None = None) -> int:
-    children: list[int] = []
-    for index in range(config.server.workers):
-        pid = os.fork()
-        if pid == 0:  # worker
-            code = 0
-            try:
-                run(_run_worker(config, reuse_port=True, announce=index == 0,
-                                certificates=certificates))
-            except StartupError as e:
-                log.error("worker %d cannot start: %s", index, e)
-                code = 1
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            os._exit(code)
-        children.append(pid)
-    log.info("started %d worker processes", len(children))
-
-    def forward(signum, _frame):
-        for child in children:
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # each worker reloads its certificates
-    worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) if os.waitstatus_to_exitcode(status) > 0 else 0)
-    return worst
+    return serve_processes(config)

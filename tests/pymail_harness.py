@@ -152,12 +152,20 @@ class PymailServer:
                  pop3s: bool = False, pop3: bool = False, submission: bool = False,
                  submissions: bool = False, web: bool = False, https: bool = False,
                  server_config: str = "",
-                 loop_watchdog: str | None = "100ms") -> None:
+                 loop_watchdog: str | None = "100ms",
+                 env: dict[str, str] | None = None, own_pid_env: tuple[str, ...] = ()) -> None:
         """`server_config`: more lines for the [server] section (`extra_config` comes
         after every section, so it cannot add to one the harness writes).
         `loop_watchdog`: the server's ``server.loop_watchdog`` (None: leave it unset, i.e.
-        off; a ``loop_watchdog`` line in `server_config` wins)."""
+        off; a ``loop_watchdog`` line in `server_config` wins).
+        `env`: more environment for the server, over the test's own (which never passes
+        on a systemd watchdog, ``WATCHDOG_USEC``/``WATCHDOG_PID``, of its own).
+        `own_pid_env`: variables set to the server's own pid as it is exec'd, the way
+        systemd sets ``WATCHDOG_PID`` after its fork (the server runs through
+        ``sh -c 'export V=$$; exec ...'``, so `proc.pid` is still pymail's)."""
         self.workdir = workdir
+        self.extra_env = dict(env or {})
+        self.own_pid_env = own_pid_env
         self.data_dir = workdir / "data"
         self.port = port or free_port()
         self.http_port = free_port() if http else None
@@ -220,12 +228,19 @@ https = [{f'"127.0.0.1:{self.https_port}"' if https else ""}]
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYMAIL_CONFIG", None)
         env.pop("PYMAIL_DATA", None)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 30.0) -> "PymailServer":
         self.log_file = open(self.log_path, "ab")
+        argv = [sys.executable, "-m", "pymail", "serve", "--config", str(self.config_path)]
+        if self.own_pid_env:
+            exports = "".join(f"export {name}=$$; " for name in self.own_pid_env)
+            argv = ["sh", "-c", exports + 'exec "$@"', "sh", *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pymail", "serve", "--config", str(self.config_path)],
+            argv,
             stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
         )
         deadline = time.monotonic() + timeout

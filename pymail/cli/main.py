@@ -132,7 +132,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from pymail.app import serve
+    from pymail.process import serve
 
     return serve(config)
 

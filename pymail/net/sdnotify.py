@@ -15,16 +15,27 @@ Invariants:
 * One datagram per call, sent on a fresh unconnected socket; no state is kept, so it is
   safe to call from any thread or after a fork.
 * A ``STATUS=`` text is a single line: newlines would inject further assignments.
+
+The watchdog (``WatchdogSec=`` in the unit, sd_watchdog_enabled(3)): systemd sets
+``$WATCHDOG_USEC`` (the timeout) and ``$WATCHDOG_PID`` (the unit's main pid) and expects
+``WATCHDOG=1`` at least that often, else it kills and restarts the service.  pymail's
+prefork workers are children of the main process, and the unit's ``NotifyAccess=all``
+lets them send it, so `watchdog_interval` accepts a ``$WATCHDOG_PID`` naming this process
+or its parent.  `keep_alive` sends from a task of the running event loop: a keep-alive
+is due only when that loop runs its timers, so a loop held by blocking code misses them
+and systemd notices.  Which loop sends it is pymail.process's choice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
 
-__all__ = ["notify", "ready", "reloading", "status", "stopping", "watchdog", "watchdog_interval"]
+__all__ = ["keep_alive", "notify", "ready", "reloading", "status", "stopping", "watchdog",
+           "watchdog_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +89,38 @@ def watchdog() -> bool:
 
 def watchdog_interval() -> float | None:
     """Seconds between keep-alives systemd expects (half of ``$WATCHDOG_USEC``, as
-    sd_watchdog_enabled(3) advises), or None when no watchdog is set for this process
-    (``$WATCHDOG_PID``, when set, names the one process that must send them)."""
+    sd_watchdog_enabled(3) advises), or None when no watchdog is set for this process:
+    no or a non-positive ``$WATCHDOG_USEC``, a value that is not a number, or a
+    ``$WATCHDOG_PID`` naming neither this process nor its parent (systemd names the
+    unit's main pid: this process with `server.workers = 1`, a prefork worker's parent
+    otherwise).  Without ``$WATCHDOG_PID`` any process may send, as sd_watchdog_enabled
+    has it."""
     try:
         usec = int(os.environ.get("WATCHDOG_USEC", "0"))
         pid = os.environ.get("WATCHDOG_PID")
-        if usec <= 0 or (pid and int(pid) != os.getpid()):
+        if usec <= 0 or (pid and int(pid) not in (os.getpid(), os.getppid())):
             return None
     except ValueError:
         return None
     return usec / 2_000_000
+
+
+async def keep_alive(interval: float) -> None:
+    """Send ``WATCHDOG=1`` now and then every `interval` seconds of the running loop's
+    clock, until cancelled (the caller cancels it when the process stops).
+
+    The times are kept from the start, not from each send, so they do not drift later
+    and later; a send the loop was too busy to make on time is made at once, and the
+    ones missed meanwhile are not made up (one keep-alive resets systemd's timer)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        watchdog()
+        due += interval
+        now = loop.time()
+        if due < now:  # the loop was held past one or more sends: start again from now
+            due = now
+        await asyncio.sleep(due - now)
 
 
 def status(text: str) -> bool:

@@ -60,16 +60,16 @@ def test_security_exposure_below_2_5(unit: Path) -> None:
 
 
 def test_unit_keeps_what_pymail_needs() -> None:
-    """The hardening must not take away what pymail uses: low ports, notify from the
-    prefork workers, SIGHUP reload and a writable data_dir."""
+    """The hardening must not take away what pymail uses: low ports, notify (and the
+    watchdog's keep-alive) from the prefork workers, SIGHUP reload and a writable data_dir."""
     text = UNIT.read_text()
     for line in ("Type=notify", "NotifyAccess=all", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
                  "ExecReload=/bin/kill -HUP $MAINPID",
                  "ReadWritePaths=/var/lib/pymail", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"):
         assert line in text.splitlines(), line
     assert "PrivateUsers=yes" not in text  # would drop CAP_NET_BIND_SERVICE
-    # Nothing answers a watchdog yet (the workers send no WATCHDOG=1): systemd would kill us.
-    assert not any(line.startswith("WatchdogSec=") for line in text.splitlines())
+    # The first worker answers the watchdog (pymail.process; tests/e2e/test_systemd_watchdog.py)
+    assert "WatchdogSec=60s" in text.splitlines()
 
 
 def test_sysusers_and_tmpfiles_create_the_user_and_directories(tmp_path: Path) -> None:
