@@ -73,8 +73,15 @@ postfix_preseed() {
 # - systemd: systemd-analyze verify/security on systemd/pymail.service (no running
 #   systemd needed); not in a minimal Debian root.  Its Recommends (dbus, timesyncd) are
 #   not used.
+# - thunderbird: Mozilla's mail client, pymail's first client, driven headless through
+#   Marionette (tests/e2e/thunderbird.py, tests/e2e/test_thunderbird.py: IMAP, SMTP
+#   submission, POP3); --headless needs no X server or Xvfb.  Its Recommends (a spelling
+#   dictionary, myspell-en-us | hunspell-dictionary) is not used: the test composes no
+#   message in an editor.  Its Depends "x11-utils | kdialog | zenity" (xmessage, for the
+#   profile-migration dialogs of /usr/bin/thunderbird, a wrapper script) installs
+#   x11-utils, unused: the test runs /usr/lib/thunderbird/thunderbird itself.
 postfix_preseed
-apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd redis-server clamav-daemon pebble spamassassin systemd
+apt_need swaks libnet-ssleay-perl openssl postgresql curl isync fetchmail getmail6 slapd ldap-utils fail2ban nsd iproute2 postfix unbound rspamd redis-server clamav-daemon pebble spamassassin systemd thunderbird
 venv_need test
 cd "$ROOT"
 export PYMAIL_TEST_STRICT=1
