@@ -128,6 +128,9 @@ PREFS: dict[str, bool | int | str] = {
     "browser.dom.window.dump.enabled": True,
     # new mail arrives by IDLE, and the test sees it without the UI's biff timer
     "mail.server.default.check_new_mail": False,
+    # no new-mail alert or sound (headless, the alert service fails with an error)
+    "mail.biff.show_alert": False,
+    "mail.biff.play_sound": False,
 }
 
 #: Thunderbird's IMAP protocol logging (MOZ_LOG); it shows the lines even over TLS.
