@@ -236,7 +236,10 @@ class Thunderbird:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """``Marionette:Quit``, then the process group by its pid (SIGTERM, SIGKILL)."""
+        """``Marionette:Quit`` (then up to `timeout` seconds for the exit), then SIGTERM
+        and SIGKILL to the process group by its pid: its content processes too."""
+        if self.proc is None:
+            return
         if self.marionette is not None and self.marionette.session is not None:
             with contextlib.suppress(Exception):
                 self.marionette.is_shutting_down = True
@@ -244,24 +247,14 @@ class Thunderbird:
             with contextlib.suppress(Exception):
                 self.marionette.client.close()
             self.marionette.session = None
-            self.marionette.cleanup_ran = True
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
+            self.marionette.cleanup_ran = True  # its __del__ must not talk to a dead process
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)  # the group: its content processes too
-            try:
+                os.killpg(self.proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)  # any child left in the group
-            break
 
     def output(self, last: int = 4000) -> str:
         text = self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
