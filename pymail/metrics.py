@@ -106,6 +106,17 @@ TLS_CERTIFICATE_EXPIRY = Gauge(
     "first DNS subjectAltName, else its file).",
     ["name"], multiprocess_mode="mostrecent",
 )
+# The authentication cache (pymail.auth.cache): logins of local-domain users whose row
+# was active, answered from the cache (hit) or by a full hash verification (miss).
+AUTH_CACHE_HITS = Counter(
+    "pymail_auth_cache_hits_total",
+    "Logins accepted from the authentication cache, without a password hash verification.",
+)
+AUTH_CACHE_MISSES = Counter(
+    "pymail_auth_cache_misses_total",
+    "Logins of an active local user that the authentication cache could not accept "
+    "(not cached, expired, password changed, or a different password): fully verified.",
+)
 #: Scrapes within this many seconds of the last reading reuse it (the counts are
 #: queries on the index: a scraper polling every second must not load the database).
 QUEUE_REFRESH_SECONDS = 5.0

@@ -8,12 +8,13 @@
 #   scripts/bench.sh imap --count 2000 --size 4k --concurrency 1,4,16      # benchmarks/imap.py
 #   scripts/bench.sh append --count 1000 --size 4k --concurrency 1,4        # benchmarks/append.py
 #   scripts/bench.sh outbound --count 1000 --domains 1,100 --dkim off,on   # benchmarks/outbound.py
+#   scripts/bench.sh logins --logins 50 --concurrency 1,4                  # benchmarks/logins.py
 # The outbound benchmark's remote MX is smtp-sink on 127.0.0.3 port 25: it runs in a
 # private network namespace (unshare --net, loopback only), as scripts/test.sh runs the tests.
 source "$(dirname "$0")/lib.sh"
 module=delivery
 case "${1:-}" in
-    delivery|imap|append|outbound) module=$1; shift ;;
+    delivery|imap|append|outbound|logins) module=$1; shift ;;
 esac
 venv_need bench
 cd "$ROOT"

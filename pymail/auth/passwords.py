@@ -35,8 +35,13 @@ Invariants:
 * Every function is CPU-bound and blocking (``hash_password`` ~0.14 s): asyncio callers run
   it in a thread (``asyncio.to_thread``).  argon2-cffi and bcrypt release the GIL; the
   SHA-crypt code (libpass, pure Python over hashlib) mostly does not, but costs ~3 ms.
-* ``dummy_verify`` does the same work as checking a wrong password against a default
-  ``{ARGON2ID}`` hash, so an unknown user and a wrong password take the same time.
+* ``dummy_verify`` does the same work as checking a wrong password against an
+  ``{ARGON2ID}`` hash of the given cost, so an unknown user and a wrong password take the
+  same time.
+* New hashes take their Argon2id cost from an `Argon2Cost` (``[auth] argon2_time_cost``,
+  ``argon2_memory_cost``, ``argon2_parallelism``; default: the constants below), never
+  below `OWASP_ARGON2ID_MINIMUMS`.  A stored hash is verified with the parameters in its
+  own PHC string (``m=...,t=...,p=...``), whatever the configured cost is now.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ import hmac
 import logging
 import os
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 
 import argon2
 import argon2.low_level
@@ -55,7 +62,10 @@ import bcrypt
 from passlib.hash import sha256_crypt, sha512_crypt
 
 __all__ = [
+    "DEFAULT_ARGON2_COST",
     "DEFAULT_SCHEME",
+    "OWASP_ARGON2ID_MINIMUMS",
+    "Argon2Cost",
     "SUPPORTED_SCHEMES",
     "dummy_verify",
     "hash_password",
@@ -95,14 +105,54 @@ _SHA_CRYPT_MAX_ROUNDS = 5_000_000
 # Dovecot uses); the bcrypt package refuses longer input instead of truncating it.
 _BCRYPT_MAX_PASSWORD_BYTES = 72
 
-_hasher = argon2.PasswordHasher(
-    time_cost=ARGON2_TIME_COST,
-    memory_cost=ARGON2_MEMORY_COST_KIB,
-    parallelism=ARGON2_PARALLELISM,
-    hash_len=ARGON2_HASH_LEN,
-    salt_len=ARGON2_SALT_LEN,
-    type=argon2.Type.ID,
-)
+#: The floor of a configured Argon2id cost: OWASP Password Storage Cheat Sheet, "Argon2id"
+#: (minimum configurations of equal strength, one lane): (memory KiB, passes).  A cost is
+#: acceptable when its memory and its passes both reach one of these pairs.
+OWASP_ARGON2ID_MINIMUMS: tuple[tuple[int, int], ...] = ((46 * 1024, 1), (19 * 1024, 2))
+_ARGON2_MAX_TIME_COST = 100
+_ARGON2_MAX_PARALLELISM = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Cost:
+    """The Argon2id parameters of new hashes: passes, memory (KiB), lanes."""
+
+    time_cost: int = ARGON2_TIME_COST
+    memory_cost: int = ARGON2_MEMORY_COST_KIB  #: KiB
+    parallelism: int = ARGON2_PARALLELISM
+
+    def problem(self) -> str | None:
+        """Why this cost may not be used for new hashes (one line), or None."""
+        if not 1 <= self.parallelism <= _ARGON2_MAX_PARALLELISM:
+            return f"argon2_parallelism must be 1 to {_ARGON2_MAX_PARALLELISM}"
+        if not 1 <= self.time_cost <= _ARGON2_MAX_TIME_COST:
+            return f"argon2_time_cost must be 1 to {_ARGON2_MAX_TIME_COST}"
+        if self.memory_cost > _ARGON2_MAX_MEMORY_KIB:
+            return (f"argon2_memory_cost must be at most {_ARGON2_MAX_MEMORY_KIB} KiB (1 GiB): "
+                    "pymail refuses to verify larger stored hashes")
+        if self.memory_cost < 8 * self.parallelism:
+            return "argon2_memory_cost must be at least 8 KiB per lane (argon2_parallelism)"
+        if not any(self.memory_cost >= m and self.time_cost >= t for m, t in OWASP_ARGON2ID_MINIMUMS):
+            floors = " or ".join(f"m={m // 1024} MiB with t>={t}" for m, t in OWASP_ARGON2ID_MINIMUMS)
+            return (f"Argon2id cost m={self.memory_cost} KiB, t={self.time_cost} is below "
+                    f"OWASP's minimum ({floors})")
+        return None
+
+
+#: Today's parameters (the constants above).
+DEFAULT_ARGON2_COST = Argon2Cost()
+
+
+@lru_cache(maxsize=8)
+def _hasher_for(cost: Argon2Cost) -> argon2.PasswordHasher:
+    return argon2.PasswordHasher(
+        time_cost=cost.time_cost,
+        memory_cost=cost.memory_cost,
+        parallelism=cost.parallelism,
+        hash_len=ARGON2_HASH_LEN,
+        salt_len=ARGON2_SALT_LEN,
+        type=argon2.Type.ID,
+    )
 
 # Unsalted and salted digest schemes: name -> hashlib constructor name.
 _DIGESTS: dict[str, str] = {"SHA": "sha1", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
@@ -133,11 +183,15 @@ class _Malformed(Exception):
     """A stored value this module cannot read; verify answers False."""
 
 
-def hash_password(password: str) -> str:
-    """Return a new ``{ARGON2ID}`` hash of ``password`` (UTF-8) with a random salt."""
+def hash_password(password: str, cost: Argon2Cost = DEFAULT_ARGON2_COST) -> str:
+    """Return a new ``{ARGON2ID}`` hash of ``password`` (UTF-8) with a random salt, at
+    `cost` (`ValueError` if it is below the floor, see `Argon2Cost.problem`)."""
     if not isinstance(password, str):
         raise TypeError("password must be str")
-    return "{" + DEFAULT_SCHEME + "}" + _hasher.hash(password)
+    problem = cost.problem()
+    if problem:
+        raise ValueError(problem)
+    return "{" + DEFAULT_SCHEME + "}" + _hasher_for(cost).hash(password)
 
 
 def scheme_of(stored: str) -> str | None:
@@ -176,8 +230,8 @@ def verify_password(password: str, stored: str, default_scheme: str | None = "SH
         return False
 
 
-def needs_rehash(stored: str) -> bool:
-    """True when ``stored`` is not an ``{ARGON2ID}`` hash with the current parameters.
+def needs_rehash(stored: str, cost: Argon2Cost = DEFAULT_ARGON2_COST) -> bool:
+    """True when ``stored`` is not an ``{ARGON2ID}`` hash with the parameters of `cost`.
 
     Call it after a successful ``verify_password``; then store ``hash_password(password)``.
     """
@@ -187,36 +241,35 @@ def needs_rehash(stored: str) -> bool:
         _scheme, encoding, body = _split(stored, None)
         if encoding is not None or not body.startswith(_ARGON2_PREFIX[DEFAULT_SCHEME]):
             return True
-        return _hasher.check_needs_rehash(body)
+        return _hasher_for(cost).check_needs_rehash(body)
     except Exception:
         return True
 
 
-def dummy_verify(password: str) -> None:
-    """Do the work of verifying ``password`` against a default ``{ARGON2ID}`` hash.
+def dummy_verify(password: str, cost: Argon2Cost = DEFAULT_ARGON2_COST) -> None:
+    """Do the work of verifying ``password`` against an ``{ARGON2ID}`` hash of `cost`
+    (the cost new hashes get, i.e. what most users' hashes cost).
 
     For an unknown user: the caller spends the same time as for a known user with a wrong
     password, so response timing does not tell which user names exist.
     """
-    verify_password(password, _DUMMY_HASH)
+    verify_password(password, _dummy_hash(cost))
 
 
-def _make_dummy_hash() -> str:
-    """A well-formed ``{ARGON2ID}`` value with the current parameters that no password
-    matches (random salt and random "hash"): verifying against it costs a real Argon2
-    computation followed by a failed comparison, exactly like a wrong password."""
+@lru_cache(maxsize=8)
+def _dummy_hash(cost: Argon2Cost) -> str:
+    """A well-formed ``{ARGON2ID}`` value of `cost` that no password matches (random
+    salt and random "hash"), made once per process: verifying against it costs a real
+    Argon2 computation followed by a failed comparison, exactly like a wrong password."""
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode("ascii").rstrip("=")
 
     return (
         "{ARGON2ID}$argon2id$v=19"
-        f"$m={ARGON2_MEMORY_COST_KIB},t={ARGON2_TIME_COST},p={ARGON2_PARALLELISM}"
+        f"$m={cost.memory_cost},t={cost.time_cost},p={cost.parallelism}"
         f"${b64(os.urandom(ARGON2_SALT_LEN))}${b64(os.urandom(ARGON2_HASH_LEN))}"
     )
-
-
-_DUMMY_HASH = _make_dummy_hash()
 
 
 # --- parsing -------------------------------------------------------------------------

@@ -24,6 +24,16 @@ with the `User` or None, or raises `AuthUnavailable`, and:
 * runs the hash in a thread, at most `MAX_CONCURRENT_VERIFICATIONS` at once (an ARGON2ID
   verification takes 64 MiB and ~140 ms of a core), so a login flood cannot exhaust
   memory or block the event loop;
+* remembers successful local-hash checks in an `AuthCache` (``[auth] cache_ttl``,
+  `pymail.auth.cache`): once the row says the user and its domain are active, a login with
+  the password last verified against the same stored hash is accepted without a hash
+  (``pymail_auth_cache_hits_total``).  Anything else -- not cached, expired, another
+  password, a changed hash -- is verified in full, so a wrong password takes the same
+  work as ever and is counted as a failure.  The row is read for every login, so
+  ``pymail user passwd`` / ``user disable`` / ``domain disable`` take effect at once.
+  LDAP domains are not cached: pymail would not see a password changed or an account
+  locked in LDAP, so the old password would keep working for ``cache_ttl``, and their
+  cost is a network round trip to the LDAP server, not a core here;
 * raises `AuthUnavailable` (a `StorageError`) when it cannot tell: LDAP unreachable or
   timed out, LDAP not configured for an LDAP domain, and `StorageError` when the
   directory cannot answer.  The caller replies with a temporary failure (SMTP
@@ -55,9 +65,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pymail import metrics
 from pymail.auth.ban import BanPolicy, Jail
+from pymail.auth.cache import AuthCache
 from pymail.auth.ldap import LdapAuthenticator, LdapSettings, LdapUnavailable
-from pymail.auth.passwords import dummy_verify, verify_password
+from pymail.auth.passwords import DEFAULT_ARGON2_COST, Argon2Cost, dummy_verify, verify_password
 from pymail.store.interfaces import BanStore, Directory, Domain, StorageError, User
 
 if TYPE_CHECKING:
@@ -111,10 +123,16 @@ class Authenticator:
         *,
         ldap: LdapAuthenticator | None = None,
         jail: Jail | None = None,
+        cache: AuthCache | None = None,
+        argon2_cost: Argon2Cost = DEFAULT_ARGON2_COST,
     ) -> None:
         self.directory = directory
         self.ldap = ldap
         self.jail = jail
+        #: successful local checks (off when None is given)
+        self.cache = cache if cache is not None else AuthCache(0)
+        #: the cost of new hashes, which the dummy verification of a failure matches
+        self.argon2_cost = argon2_cost
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_VERIFICATIONS)
 
     async def is_banned(self, ip: str) -> bool:
@@ -150,7 +168,7 @@ class Authenticator:
         domain = await self.directory.get_domain(address.rpartition("@")[2]) if "@" in address else None
         if not authzid_allowed(authzid, username):
             async with self._slots:
-                await asyncio.to_thread(dummy_verify, password)
+                await asyncio.to_thread(dummy_verify, password, self.argon2_cost)
             reason = "authzid_mismatch"
         elif domain is not None and domain.is_active and domain.auth_type == "ldap":
             reason = await self._check_ldap(address, password, user, domain, client_ip, service)
@@ -166,8 +184,8 @@ class Authenticator:
         return user
 
     async def _check_local(self, password: str, user: User | None, domain: Domain | None) -> str:
-        """"" if the password matches the user's stored hash, else why not; always one
-        hash verification."""
+        """"" if the password matches the user's stored hash, else why not; one hash
+        verification unless the cache accepts (active user, same password, same hash)."""
         reason = ""
         if user is None:
             reason = "unknown_user"
@@ -175,12 +193,24 @@ class Authenticator:
             reason = "user_disabled"
         elif domain is None or not domain.is_active:
             reason = "domain_disabled"
+        if reason or user is None:
+            if user is not None:
+                self.cache.forget(user.address)
+            async with self._slots:
+                await asyncio.to_thread(dummy_verify, password, self.argon2_cost)
+            return reason or "unknown_user"
+        stored = user.password_hash
+        if self.cache.enabled:
+            if self.cache.accepts(user.address, password, stored):
+                metrics.AUTH_CACHE_HITS.inc()
+                return ""
+            metrics.AUTH_CACHE_MISSES.inc()
         async with self._slots:
-            if reason or user is None:
-                await asyncio.to_thread(dummy_verify, password)
-                return reason or "unknown_user"
-            ok = await asyncio.to_thread(verify_password, password, user.password_hash)
-        return "" if ok else "wrong_password"
+            ok = await asyncio.to_thread(verify_password, password, stored)
+        if not ok:
+            return "wrong_password"
+        self.cache.remember(user.address, password, stored)
+        return ""
 
     async def _check_ldap(
         self, address: str, password: str, user: User | None, domain: Domain,
@@ -303,4 +333,5 @@ def authenticator_from_config(auth: "AuthConfig", directory: Directory,
         ldap = LdapAuthenticator(settings) if settings is not None else None
     except Exception as e:  # ldap3 refusing the TLS settings, e.g. a bad CA file
         raise ValueError(f"auth.ldap: {' '.join(str(e).split())}") from None
-    return Authenticator(directory, ldap=ldap, jail=Jail(bans, ban_policy_from_config(auth)))
+    return Authenticator(directory, ldap=ldap, jail=Jail(bans, ban_policy_from_config(auth)),
+                         cache=AuthCache(auth.cache_ttl), argon2_cost=auth.argon2_cost)

@@ -95,10 +95,11 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _hash(password: str) -> str:
+def _hash(config: Config, password: str) -> str:
+    """A new hash of `password` at ``[auth]``'s Argon2id cost."""
     from pymail.auth.passwords import hash_password
 
-    return hash_password(password)
+    return hash_password(password, config.auth.argon2_cost)
 
 
 async def _with_store(
@@ -195,7 +196,7 @@ def cmd_user(config: Config, args: argparse.Namespace) -> int:
                                     "no password for its users (leave out --password-stdin)")
                 password_hash = LDAP_PASSWORD
             else:
-                password_hash = _hash(_read_password(args))
+                password_hash = _hash(config, _read_password(args))
             user = await directory.add_user(address, password_hash, quota=quota)
             await store.index.ensure_default_mailboxes(user.id)
             print(f"user {user.address} added")
@@ -207,7 +208,7 @@ def cmd_user(config: Config, args: argparse.Namespace) -> int:
             if domain is not None and domain.auth_type == "ldap":
                 raise UserError(f"domain {domain.name} authenticates through LDAP: change the "
                                 "password in the LDAP directory")
-            await directory.set_password(address, _hash(_read_password(args)))
+            await directory.set_password(address, _hash(config, _read_password(args)))
             print(f"password of {address} changed")
         elif args.action == "list":
             domain = _domain_name(args.domain) if args.domain else None

@@ -15,7 +15,9 @@ import string
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from pymail.config.checks import ChecksConfig
 from pymail.config.publish import PublishConfig
@@ -684,13 +686,69 @@ class DkimConfig(_Section):
     )
 
 
+def _argon2_memory_kib(value: object) -> int:
+    """argon2_memory_cost: a number is KiB (as in the PHC string's m=), a string a size
+    ("64MiB", "19MB"; binary units) that must be a whole number of KiB."""
+    if isinstance(value, bool):
+        raise ValueError("expected KiB (65536) or a size such as \"64MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    size = parse_size(value)
+    if size % 1024:
+        raise ValueError(f"{value!r} is not a whole number of KiB")
+    return size // 1024
+
+
 class AuthConfig(_Section):
+    cache_ttl: Duration = Field(
+        default=3600.0,
+        le=86400 * 7,
+        description="How long a successful password check is remembered per user, in each "
+        "process's memory (Dovecot's auth_cache_ttl), e.g. \"1h\": a later login with the "
+        "same password against the same stored hash skips the Argon2id verification. A "
+        "changed password (pymail user passwd) or a disabled user or domain takes effect "
+        "at once; failures are never cached; LDAP domains are not cached. 0 turns it off.",
+    )
+    argon2_time_cost: int = Field(
+        default=3,
+        description="Argon2id passes (t) of NEW password hashes (pymail user add / passwd). "
+        "Existing hashes keep verifying with their own parameters.",
+    )
+    argon2_memory_cost: Annotated[int, BeforeValidator(_argon2_memory_kib)] = Field(
+        default=65536,
+        description="Argon2id memory (m) of new hashes: KiB as a number (65536) or a size "
+        "(\"64MiB\"). At least OWASP's minimum: 19 MiB with argon2_time_cost >= 2, or 46 "
+        "MiB with 1 pass; at most 1 GiB. Each login verification uses this much memory "
+        "(4 at once per process).",
+    )
+    argon2_parallelism: int = Field(
+        default=1,
+        description="Argon2id lanes (p) of new hashes. Keep 1 if Dovecot must read the same "
+        "table: its libsodium verifies p=1 only.",
+    )
     ldap: LdapConfig = Field(
         default_factory=LdapConfig, description="LDAP for domains with auth_type 'ldap'."
     )
     ban: BanConfig = Field(
         default_factory=BanConfig, description="Failed-login counting and address bans."
     )
+
+    @model_validator(mode="after")
+    def _argon2_floor(self) -> "AuthConfig":
+        problem = self.argon2_cost.problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def argon2_cost(self):  # noqa: ANN201 - pymail.auth.passwords.Argon2Cost
+        """The Argon2id cost of new hashes."""
+        from pymail.auth.passwords import Argon2Cost
+
+        return Argon2Cost(time_cost=self.argon2_time_cost, memory_cost=self.argon2_memory_cost,
+                          parallelism=self.argon2_parallelism)
 
 
 class Config(_Section):
@@ -724,7 +782,8 @@ class Config(_Section):
         description="Inbound checks: SPF, DKIM, DMARC, ARC, iprev, Rspamd, ClamAV.",
     )
     auth: AuthConfig = Field(
-        default_factory=AuthConfig, description="Login: LDAP domains, failed-login bans."
+        default_factory=AuthConfig, description="Login: the authentication cache, the Argon2id cost of new hashes, LDAP "
+        "domains, failed-login bans."
     )
 
     @model_validator(mode="after")

@@ -28,6 +28,11 @@ Invariants of a `StreamConnection`:
 * A client that goes away (reset, broken pipe, EOF in TLS, a failed handshake, a send
   timeout) ends its connection with one INFO line (`log_closed`: ``rip=`` and the
   reason), never an ERROR with a traceback; only a bug in pymail logs a traceback.
+  `send` refuses to write once the output reaches no one (`output_lost`: the transport
+  is closing, or on TLS the client closed its TCP end, after which the TLS layer drops
+  every write, logging asyncio's "SSL connection is closed" for each), and an unexpected exception
+  raised while the output is lost is the client's hang-up too (`peer_gone`): asyncio's
+  transports can fail in odd ways once the peer has closed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
     from pymail.net.limits import ConnectionLimiter
     from pymail.store import Store
 
+#: poll() events meaning the client closed its end (FIN) or the socket failed.
+_PEER_CLOSED = getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
 #: StreamReader buffer of a connection: what one read may take.
 READ_SIZE = 64 * 1024
 #: Output a connection's transport buffers before it pauses the writer, and the level
@@ -217,6 +225,7 @@ class StreamConnection:
         self.current: str | None = None
         self.busy = False
         self.task: asyncio.Task[None] | None = None
+        self._poller: select.poll | None = None  # made by the first `_peer_closed`
         self._limit_write_buffer()
 
     def _limit_write_buffer(self) -> None:
@@ -225,18 +234,55 @@ class StreamConnection:
 
     # -- output ---------------------------------------------------------------------------
 
+    def output_lost(self) -> bool:
+        """Whether what is written now reaches no one: the transport is closing, or, on
+        TLS, the client has closed its end of the TCP connection.  After that low-level
+        EOF the TLS layer (uvloop's and asyncio's alike) drops every write -- logging
+        asyncio's "SSL connection is closed" for each one -- without closing the
+        transport, and since nothing reaches the socket no RST comes back to end it.
+        Plain TCP is left to ``is_closing()``: a half-closed client may still read."""
+        if self.writer.transport.is_closing():
+            return True
+        return self.tls and self._peer_closed()
+
+    def _peer_closed(self) -> bool:
+        """Whether the socket has seen the client's FIN or an error (poll, no wait)."""
+        if self._poller is None:
+            socket_ = self.writer.get_extra_info("socket")
+            fileno = getattr(socket_, "fileno", None)
+            if fileno is None or not hasattr(select, "poll"):
+                return False
+            self._poller = select.poll()
+            self._poller.register(fileno(), _PEER_CLOSED)
+        try:
+            return any(events & _PEER_CLOSED for _fd, events in self._poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+    def peer_gone(self, error: BaseException) -> bool:
+        """Whether `error`, raised while serving, is the client's hang-up: one of
+        `CLIENT_GONE` (also inside an exception group), or anything at all once the
+        output is lost (asyncio's transports may raise e.g. AttributeError or
+        RuntimeError after the peer closed)."""
+        if isinstance(error, CLIENT_GONE):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            return all(self.peer_gone(inner) for inner in error.exceptions)
+        return isinstance(error, Exception) and self.output_lost()
+
     async def send(self, data: bytes) -> None:
         """Write `data` and wait until the client has taken enough of it (at most
-        ``send_timeout``); large data goes in `SEND_CHUNK` pieces."""
+        ``send_timeout``); large data goes in `SEND_CHUNK` pieces.  `ConnectionResetError`
+        once the output is lost (`output_lost`)."""
         if len(data) <= SEND_CHUNK:
-            if self.writer.transport.is_closing():
+            if self.output_lost():
                 raise ConnectionResetError("connection lost")
             self.writer.write(data)
             await self.drain()
             return
         view = memoryview(data)
         for start in range(0, len(view), SEND_CHUNK):
-            if self.writer.transport.is_closing():
+            if self.output_lost():
                 raise ConnectionResetError("connection lost")
             self.writer.write(view[start:start + SEND_CHUNK])
             await self.drain()

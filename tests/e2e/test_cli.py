@@ -90,6 +90,27 @@ def test_password_never_echoed_or_logged(srv: PymailServer) -> None:
     assert one_line_error(failed).startswith("pymail: error: already exists")
 
 
+def test_new_hashes_take_the_configured_argon2_cost_and_old_ones_keep_verifying(tmp_path: Path) -> None:
+    srv = PymailServer(tmp_path, extra_config='[auth]\nargon2_time_cost = 2\nargon2_memory_cost = "19MiB"\n')
+    srv.add_user("old@example.test", "old pw")  # today's default cost, m=65536,t=3
+    srv.cli("user", "add", "new@example.test", "--password-stdin", input="new pw\n")
+
+    async def hashes() -> dict[str, str]:
+        store = srv.store()
+        try:
+            return {u.address: u.password_hash for u in await store.directory.list_users()}
+        finally:
+            await store.close()
+
+    from pymail.auth.passwords import verify_password
+
+    stored = asyncio.run(hashes())
+    assert "$m=19456,t=2,p=1$" in stored["new@example.test"]
+    assert "$m=65536,t=3,p=1$" in stored["old@example.test"]
+    assert verify_password("new pw", stored["new@example.test"])
+    assert verify_password("old pw", stored["old@example.test"])
+
+
 def test_db_migrate_is_idempotent(srv: PymailServer) -> None:
     first = srv.cli("db", "migrate")
     srv.cli("domain", "add", "example.test")
@@ -137,6 +158,12 @@ def test_bad_usage_exits_2_with_one_line(args: list[str]) -> None:
         ('[storage]\nindex = "mysql://db"\n', "storage.index: unsupported"),
         ('[tls]\ncert = "/etc/x.pem"\n', "tls: set both cert and key"),
         ("[server\n", "TOML syntax error"),
+        ('[auth]\ncache_ttl = "soon"\n', "auth.cache_ttl: invalid duration"),
+        ('[auth]\nargon2_memory_cost = "8MiB"\n', "below OWASP's minimum"),
+        ('[auth]\nargon2_memory_cost = "19MiB"\nargon2_time_cost = 1\n', "below OWASP's minimum"),
+        ('[auth]\nargon2_memory_cost = "2GiB"\n', "auth: argon2_memory_cost must be at most"),
+        ('[auth]\nargon2_memory_cost = "lots"\n', "auth.argon2_memory_cost: invalid size"),
+        ('[auth]\nargon2_parallelism = 0\n', "auth: argon2_parallelism must be 1 to 16"),
     ],
 )
 def test_bad_config_is_one_line(tmp_path: Path, toml: str, message: str) -> None:

@@ -67,7 +67,7 @@ def test_every_failure_is_the_same_answer_after_one_hash(
     hashes: list[str] = []
     real_verify, real_dummy = auth_service.verify_password, auth_service.dummy_verify
     monkeypatch.setattr(auth_service, "verify_password", lambda p, h: hashes.append("real") or real_verify(p, h))
-    monkeypatch.setattr(auth_service, "dummy_verify", lambda p: hashes.append("dummy") or real_dummy(p))
+    monkeypatch.setattr(auth_service, "dummy_verify", lambda p, *cost: hashes.append("dummy") or real_dummy(p, *cost))
 
     async def scenario(auth: Authenticator) -> None:
         assert await auth.authenticate(username, password, client_ip="198.51.100.9", service="imap") is None
@@ -87,7 +87,7 @@ def test_sasl_authzid_other_than_the_user_fails_after_one_hash(
 ) -> None:
     hashes: list[str] = []
     real_dummy = auth_service.dummy_verify
-    monkeypatch.setattr(auth_service, "dummy_verify", lambda p: hashes.append("dummy") or real_dummy(p))
+    monkeypatch.setattr(auth_service, "dummy_verify", lambda p, *cost: hashes.append("dummy") or real_dummy(p, *cost))
 
     async def scenario(auth: Authenticator) -> None:
         assert await auth.authenticate("alice@example.test", PASSWORD, client_ip="192.0.2.7",

@@ -27,6 +27,9 @@ from pymail.auth import passwords
 from pymail.auth.passwords import (
     DEFAULT_SCHEME,
     SUPPORTED_SCHEMES,
+    DEFAULT_ARGON2_COST,
+    OWASP_ARGON2ID_MINIMUMS,
+    Argon2Cost,
     dummy_verify,
     hash_password,
     needs_rehash,
@@ -337,3 +340,34 @@ def test_dummy_verify_costs_like_a_real_verify() -> None:
     assert dummy_verify("anything") is None
     # Same Argon2 parameters, same work: within a generous factor (CI machines are noisy).
     assert 0.5 * real < dummy < 2.0 * real, (real, dummy)
+
+
+# -- the configured cost of new hashes (issue 14 item 5) --------------------------------
+
+
+@pytest.mark.parametrize(("m", "t", "p"), [(19456, 2, 1), (47104, 1, 1), (65536, 3, 1), (19456, 2, 2)])
+def test_a_cost_at_or_above_the_owasp_floor_makes_hashes_with_its_own_parameters(m: int, t: int, p: int) -> None:
+    cost = Argon2Cost(time_cost=t, memory_cost=m, parallelism=p)
+    assert cost.problem() is None
+    stored = hash_password("pw", cost)
+    assert f"$m={m},t={t},p={p}$" in stored
+    assert verify_password("pw", stored) and not verify_password("px", stored)
+    assert not needs_rehash(stored, cost) and (cost == DEFAULT_ARGON2_COST) == (not needs_rehash(stored))
+    dummy_verify("pw", cost)  # a dummy hash of that cost
+
+
+@pytest.mark.parametrize(("m", "t", "p", "why"), [
+    (19455, 2, 1, "below OWASP"), (19456, 1, 1, "below OWASP"), (47103, 1, 1, "below OWASP"),
+    (65536, 0, 1, "argon2_time_cost"), (65536, 3, 0, "argon2_parallelism"),
+    (2 * 1024 * 1024, 3, 1, "at most"),
+])
+def test_a_cost_below_the_floor_is_refused(m: int, t: int, p: int, why: str) -> None:
+    cost = Argon2Cost(time_cost=t, memory_cost=m, parallelism=p)
+    assert why in (cost.problem() or "")
+    with pytest.raises(ValueError, match=why):
+        hash_password("pw", cost)
+
+
+def test_the_default_cost_is_todays() -> None:
+    assert DEFAULT_ARGON2_COST == Argon2Cost(3, 65536, 1)
+    assert OWASP_ARGON2ID_MINIMUMS == ((47104, 1), (19456, 2))

@@ -52,7 +52,7 @@ from pymail.net.imap.session import (
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import (
-    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
+    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, HUNG_UP, LOGIN_TIMEOUT, ClientTimeout,
     ClientTimeouts, StreamConnection, StreamService,
 )
 from pymail.net.proxy import ClientAddress, TrustedProxies
@@ -220,8 +220,11 @@ class ImapConnection(StreamConnection):
             self.closed_by_client(error)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("imap connection from rip=%s failed", self.client_ip)
+        except Exception as error:
+            if self.peer_gone(error):  # an odd error from a transport already lost
+                self.log_closed(HUNG_UP, error)
+            else:
+                log.exception("imap connection from rip=%s failed", self.client_ip)
         finally:
             self.drop_literal()
             if slot is not None:

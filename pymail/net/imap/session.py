@@ -130,6 +130,10 @@ class Channel(Protocol):
 
     async def send(self, data: bytes) -> None: ...
 
+    def peer_gone(self, error: BaseException) -> bool:
+        """Whether `error` is the client's hang-up (`StreamConnection.peer_gone`)."""
+        ...
+
     async def next_event(self, timeout: float | None = None) -> object:
         """The next reader event (None when `timeout` passed first); may raise the
         reader's BadCommand/FatalProtocolError."""
@@ -270,7 +274,9 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
             raise  # the client missed a deadline (ClientTimeout): the loop says BYE
         except CLIENT_GONE:
             raise  # the client hung up or stopped reading: the loop logs one line
-        except Exception:
+        except Exception as exc:
+            if self.channel.peer_gone(exc):  # an odd error from a transport already lost
+                raise ConnectionResetError(f"connection lost ({type(exc).__name__})") from None
             log.exception("imap %s failed", command.name)
             await self.send(r.tagged_status(command.tag, r.STATUS_NO, TEXT_SERVERBUG, r.SERVERBUG))
             return

@@ -42,7 +42,7 @@ import ssl
 from pymail.auth.service import Authenticator
 from pymail.net.limits import ConnectionLimiter, ConnectionSlot, Refused
 from pymail.net.listen import (
-    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, LOGIN_TIMEOUT, ClientTimeout,
+    AUTOLOGOUT, CLIENT_GONE, COMMAND_TIMEOUT, DATA_RATE, HUNG_UP, LOGIN_TIMEOUT, ClientTimeout,
     ClientTimeouts, StreamConnection, StreamService,
 )
 from pymail.net.pop3.session import Logout, MaildropLocks, Pop3Session
@@ -162,8 +162,11 @@ class Pop3Connection(StreamConnection):
             self.closed_by_client(error)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("pop3 connection from rip=%s failed", self.client_ip)
+        except Exception as error:
+            if self.peer_gone(error):  # an odd error from a transport already lost
+                self.log_closed(HUNG_UP, error)
+            else:
+                log.exception("pop3 connection from rip=%s failed", self.client_ip)
         finally:
             if slot is not None:
                 slot.release()

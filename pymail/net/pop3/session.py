@@ -93,6 +93,10 @@ class Channel(Protocol):
 
     async def send(self, data: bytes) -> None: ...
 
+    def peer_gone(self, error: BaseException) -> bool:
+        """Whether `error` is the client's hang-up (`StreamConnection.peer_gone`)."""
+        ...
+
     async def next_event(self) -> object:
         """The next reader event; may raise the reader's `CommandError`."""
         ...
@@ -190,7 +194,9 @@ class Pop3Session:
         except StorageError as exc:
             log.warning("pop3 %s failed: storage: %s", command.name, exc)
             await self._refuse(command, r.err(TEXT_UNAVAILABLE, r.CODE_SYS_TEMP))
-        except Exception:
+        except Exception as exc:
+            if self.channel.peer_gone(exc):  # an odd error from a transport already lost
+                raise ConnectionResetError(f"connection lost ({type(exc).__name__})") from None
             log.exception("pop3 %s failed", command.name)
             await self._refuse(command, r.err(TEXT_SERVERBUG, r.CODE_SYS_TEMP))
 
