@@ -6,6 +6,9 @@ a relay opened by a relay domain that is not ours, an expired certificate, a DKI
 with someone else's key — shows as ✗ with its reason and a non-zero exit.
 
 The server's certificates come from the embedded default's private CA (`--cafile`).
+Each test checks a domain of its own (``docXXXXXX.test``, its zone made from `pymail dns
+records`): Rspamd, shared by the session, caches the SPF and DKIM records it looked up,
+so a domain whose records one test changed must never be judged by it again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -20,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.internet import LOCAL_DOMAIN, PYMAIL_ADDRESS, PYMAIL_HOSTNAME, dkim_record, make_dkim_key
+from tests.internet import PYMAIL_ADDRESS, PYMAIL_HOSTNAME, dkim_record, make_dkim_key
 from tests.pymail_harness import PymailServer
 from tests.tls_ca import CA
 
-USER = f"alice@{LOCAL_DOMAIN}"
 
 
 def start(tmp_path: Path, internet, extra: str = "") -> PymailServer:  # noqa: ANN001
@@ -44,9 +47,11 @@ rspamd_url = "{internet.rspamd.url}"
 {internet.dns_config()}
 {extra}
 """)
-    server.add_user(USER)
-    server.cli("dkim", "keygen", LOCAL_DOMAIN)
-    internet.set_zone(LOCAL_DOMAIN, server.cli("dns", "records", LOCAL_DOMAIN).stdout)
+    server.domain = f"doc{secrets.token_hex(3)}.test"
+    server.user = f"alice@{server.domain}"
+    server.add_user(server.user)
+    server.cli("dkim", "keygen", server.domain)
+    internet.set_zone(server.domain, server.cli("dns", "records", server.domain).stdout)
     return server.start()
 
 
@@ -54,7 +59,7 @@ def doctor(server: PymailServer, *args: str, ca: Path | None = None) -> subproce
     env = {**server.env, "PYMAIL_DOCTOR_PASSWORD": "secret-pw"}
     return subprocess.run(
         [sys.executable, "-m", "pymail", "--config", str(server.config_path), "doctor",
-         "--cafile", str(ca or server.ca_file), "--login", USER, "--source", "127.0.0.9", *args],
+         "--cafile", str(ca or server.ca_file), "--login", server.user, "--source", "127.0.0.9", *args],
         capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -88,7 +93,7 @@ def test_correct_setup_is_green_and_scores_9(server: PymailServer, internet) -> 
     assert "✗" not in found.values(), out
     # every checkpoint of the seed was made, not skipped
     for name in (f"HELO name {PYMAIL_HOSTNAME}", f"reverse DNS of {PYMAIL_ADDRESS}",
-                 f"DKIM s1._domainkey.{LOCAL_DOMAIN} (rsa-sha256)", "SPF", "DKIM", "DMARC",
+                 f"DKIM s1._domainkey.{server.domain} (rsa-sha256)", "SPF", "DKIM", "DMARC",
                  "Rspamd", "SpamAssassin", f"open relay probe 127.0.0.1:{server.port}",
                  f"smtp 127.0.0.1:{server.port} answers",
                  f"smtp 127.0.0.1:{server.port} TLS certificate",
@@ -98,7 +103,7 @@ def test_correct_setup_is_green_and_scores_9(server: PymailServer, internet) -> 
                  f"submissions 127.0.0.1:{server.submissions_port} TLS versions",
                  f"http 127.0.0.1:{server.http_port} answers"):
         assert found.get(name) == "✓", f"{name}: {found.get(name)}\n{out}"
-    assert found[f"TXT {LOCAL_DOMAIN}"] == "✓"
+    assert found[f"TXT {server.domain}"] == "✓"
     assert "6 relay vectors refused" in line_of(out, f"open relay probe 127.0.0.1:{server.port}")
     assert "TLS 1.0 and 1.1 refused" in line_of(out, f"imaps 127.0.0.1:{server.imaps_port} TLS versions")
     score = float(re.search(r"^Score: ([0-9.]+)/10$", out, re.M)[1])
@@ -110,24 +115,24 @@ def test_correct_setup_is_green_and_scores_9(server: PymailServer, internet) -> 
     # the relay probe came from 127.0.0.9 and sent no DATA: nothing was queued or stored
     assert "rip=127.0.0.9" in server.log()
     assert server.queue_stats().messages == 0
-    assert server.inbox(USER) == []
+    assert server.inbox(server.user) == []
 
 
 def test_spf_removed_and_wrong_dkim_record(server: PymailServer, internet) -> None:  # noqa: ANN001
-    zone = internet.zone(LOCAL_DOMAIN)
+    zone = internet.zone(server.domain)
     _pem, other_key = make_dkim_key()
     kept = [x for x in zone.splitlines()
-            if not x.startswith((f"{LOCAL_DOMAIN}. 3600 IN TXT", "s1._domainkey."))]
-    internet.set_zone(LOCAL_DOMAIN, "\n".join(kept) + "\n" + dkim_record("s1", other_key) + "\n")
+            if not x.startswith((f"{server.domain}. 3600 IN TXT", "s1._domainkey."))]
+    internet.set_zone(server.domain, "\n".join(kept) + "\n" + dkim_record("s1", other_key) + "\n")
     result = doctor(server)
     out = result.stdout
     assert result.returncode == 1, out
-    assert line_of(out, f"TXT {LOCAL_DOMAIN}").startswith("  ✗ ")
-    assert "missing" in line_of(out, f"TXT {LOCAL_DOMAIN}")
+    assert line_of(out, f"TXT {server.domain}").startswith("  ✗ ")
+    assert "missing" in line_of(out, f"TXT {server.domain}")
     assert "none for 127.0.0.1" in line_of(out, "SPF")
-    dkim = line_of(out, f"TXT s1._domainkey.{LOCAL_DOMAIN}")
+    dkim = line_of(out, f"TXT s1._domainkey.{server.domain}")
     assert dkim.startswith("  ✗ ") and "the key is not ours" in dkim, out
-    signed = line_of(out, f"DKIM s1._domainkey.{LOCAL_DOMAIN} (rsa-sha256)")
+    signed = line_of(out, f"DKIM s1._domainkey.{server.domain} (rsa-sha256)")
     assert signed.startswith("  ✗ ") and "fail: signature did not verify" in signed
     assert line_of(out, "DKIM").startswith("  ✗ ")
     assert line_of(out, "DMARC").startswith("  ✗ ")
@@ -181,7 +186,7 @@ def test_bad_command_line(server: PymailServer) -> None:
     env = {k: v for k, v in server.env.items() if k != "PYMAIL_DOCTOR_PASSWORD"}
     result = subprocess.run(
         [sys.executable, "-m", "pymail", "--config", str(server.config_path), "doctor",
-         "--login", USER], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+         "--login", server.user], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 or result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "PYMAIL_DOCTOR_PASSWORD" in result.stderr
     assert "Traceback" not in result.stderr
