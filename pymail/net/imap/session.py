@@ -66,6 +66,7 @@ from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import responses as r
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.flags import SYSTEM_FLAGS, keep_keyword_spelling
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.reader import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
@@ -81,7 +82,6 @@ from pymail.store.interfaces import is_no_space
 
 log = logging.getLogger("pymail.imap")
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 MAX_AUTH_FAILURES = 3
 
 # Capabilities (RFC 3501 section 6.1.1) -- only what this module implements.
@@ -673,7 +673,9 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         resolved = self._resolve(args.sequence_set, command.uid)
         records = await self._records([u for _, u in resolved])
         targets = [(seq, u) for seq, u in resolved if u in records]
-        flags = frozenset(f for f in args.flags if f.lower() != "\\recent")
+        # system flags arrive canonical (the parser); a keyword takes the spelling the
+        # mailbox already uses (flags are case-insensitive, RFC 3501 section 2.3.2)
+        flags = keep_keyword_spelling((f for f in args.flags if f != "\\Recent"), sel.keywords)
         mode = {"": "replace", "+": "add", "-": "remove"}[args.mode]
         changed: set[int] = set()
         failed: list[int] = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.flags import canonical_flag
 from pymail.proto.imap.states import ALL_COMMANDS, UID_COMMANDS
 from pymail.proto.imap.types import (
     Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota,
@@ -270,9 +271,11 @@ class _Cursor:
         return value
 
     def flag(self) -> str:
-        # flag = "\" atom / flag-keyword (RFC 3501 section 9); "\*" only in PERMANENTFLAGS
+        # flag = "\" atom / flag-keyword (RFC 3501 section 9); "\*" only in PERMANENTFLAGS.
+        # System flags come out in their canonical spelling: flag names are
+        # case-insensitive (RFC 3501 section 2.3.2), so "\deleted" is "\Deleted".
         if self.accept(b"\\"):
-            return "\\" + self.atom()
+            return canonical_flag("\\" + self.atom())
         return self.atom()
 
     def flag_list(self) -> tuple[str, ...]:

@@ -1,0 +1,84 @@
+"""The exchanges Dovecot's imaptest failed on pymail (issue 14, the bug table), one test
+per cause, over a real socket with raw command lines, on both backend pairs.
+
+Each test names the imaptest groups it stands for and the RFC section it checks.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StorageSetup
+from tests.e2e.test_imap import ALICE, PASSWORD, deliver, tagged, transact
+from tests.pymail_harness import PymailServer
+
+PLAIN = (
+    b"From: Carol <carol@remote.example>\r\n"
+    b"To: Alice <alice@example.test>\r\n"
+    b"Subject: plain\r\n"
+    b"\r\n"
+    b"hello\r\n"
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path, storage: StorageSetup) -> Iterator[PymailServer]:
+    srv = PymailServer(tmp_path, storage_config=storage.config, imaps=True)
+    srv.add_user(ALICE)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+
+
+def login(server: PymailServer) -> imaplib.IMAP4:
+    return server.imaps_client(ALICE, PASSWORD)
+
+
+def append(client: imaplib.IMAP4, mailbox: str, message: bytes, flags: str = "") -> list[bytes]:
+    """APPEND with a non-synchronizing literal (LITERAL+, RFC 7888)."""
+    tag = client._new_tag().decode()
+    flag_part = f" ({flags})" if flags else ""
+    client.send(f"{tag} APPEND {mailbox}{flag_part} {{{len(message)}+}}\r\n".encode() + message + b"\r\n")
+    lines = []
+    while True:
+        line = client.readline()
+        assert line, "connection closed"
+        lines.append(line.rstrip(b"\r\n"))
+        if line.startswith(tag.encode() + b" "):
+            return lines
+
+
+def ok(lines: list[bytes]) -> list[bytes]:
+    assert tagged(lines).startswith(b"OK"), lines
+    return lines[:-1]
+
+
+# -- 1. system flags are case-insensitive (imaptest: append, close, expunge, fetch, ...) --
+
+def test_system_flags_are_case_insensitive(server: PymailServer) -> None:
+    """RFC 3501 section 2.3.2: flag names are case-insensitive; pymail stores the system
+    flags canonical and keywords in the first spelling the mailbox saw."""
+    client = login(server)
+    ok(append(client, "INBOX", PLAIN, "\\seen"))
+    ok(append(client, "INBOX", PLAIN))
+    assert ok(transact(client, "STATUS INBOX (MESSAGES UNSEEN)")) == [
+        b"* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1)"]
+    ok(transact(client, "SELECT INBOX"))
+    assert ok(transact(client, "FETCH 1 FLAGS")) == [b"* 1 FETCH (FLAGS (\\Seen))"]
+    assert ok(transact(client, "STORE 2 FLAGS (\\deleted)")) == [b"* 2 FETCH (FLAGS (\\Deleted))"]
+    assert ok(transact(client, "STORE 2 +FLAGS (\\DELETED)")) == [b"* 2 FETCH (FLAGS (\\Deleted))"]
+    assert ok(transact(client, "EXPUNGE")) == [b"* 2 EXPUNGE"]
+    # keywords: the first spelling stays
+    untagged = ok(transact(client, "STORE 1 +FLAGS (Foo)"))
+    assert untagged[-1] == b"* 1 FETCH (FLAGS (Foo \\Seen))"
+    assert ok(transact(client, "STORE 1 +FLAGS (FOO)")) == [b"* 1 FETCH (FLAGS (Foo \\Seen))"]
+    assert ok(transact(client, "STORE 1 -FLAGS (foo \\SEEN)")) == [b"* 1 FETCH (FLAGS ())"]
+    client.logout()
