@@ -82,3 +82,16 @@ def test_system_flags_are_case_insensitive(server: PymailServer) -> None:
     assert ok(transact(client, "STORE 1 +FLAGS (FOO)")) == [b"* 1 FETCH (FLAGS (Foo \\Seen))"]
     assert ok(transact(client, "STORE 1 -FLAGS (foo \\SEEN)")) == [b"* 1 FETCH (FLAGS ())"]
     client.logout()
+
+
+# -- 7. LIST with punctuation (imaptest: atoms) ------------------------------------------
+
+def test_list_pattern_of_every_list_char(server: PymailServer) -> None:
+    """RFC 3501 section 9: list-mailbox = 1*list-char, list-char = ATOM-CHAR /
+    list-wildcards / resp-specials; a pattern that is not valid modified UTF-7 matches
+    nothing (RFC 5258 section 3), it is no BAD."""
+    client = login(server)
+    assert ok(transact(client, "LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")) == []
+    assert ok(transact(client, "LIST \"\" ]%")) == []
+    assert ok(transact(client, "LSUB \"\" &-%")) == []
+    client.logout()

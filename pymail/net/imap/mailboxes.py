@@ -146,10 +146,18 @@ class MailboxCommands:
     def _patterns(reference: str, patterns: list[str] | tuple[str, ...]) -> list[ListPattern]:
         if len(patterns) > MAX_LIST_PATTERNS:
             raise bad("Too many patterns")
-        try:
-            return [ListPattern(canonical_pattern(reference, p)) for p in patterns if p]
-        except ValueError:
-            raise bad("Invalid mailbox name") from None
+        # RFC 5258 section 3: "Any syntactically valid pattern that is not accepted by a
+        # server for any reason MUST be treated as non-matching" -- a pattern that is
+        # not valid modified UTF-7 (``&'+,-``, imaptest's atoms group) matches nothing.
+        out = []
+        for pattern in patterns:
+            if not pattern:
+                continue
+            try:
+                out.append(ListPattern(canonical_pattern(reference, pattern)))
+            except ValueError:
+                continue
+        return out
 
     async def _flush(self: ImapSession, out: bytearray, *, force: bool = False) -> None:
         """Send what is ready once it is a piece's worth (or at the end)."""
