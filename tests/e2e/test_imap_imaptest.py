@@ -95,3 +95,17 @@ def test_list_pattern_of_every_list_char(server: PymailServer) -> None:
     assert ok(transact(client, "LIST \"\" ]%")) == []
     assert ok(transact(client, "LSUB \"\" &-%")) == []
     client.logout()
+
+
+# -- 4. LIST-EXTENDED options (imaptest: listext) ----------------------------------------
+
+def test_list_extended_refuses_unknown_options(server: PymailServer) -> None:
+    """RFC 5258 section 3: an unrecognised selection or return option is BAD, and so is
+    RECURSIVEMATCH as the only selection option (or only with REMOTE)."""
+    client = login(server)
+    for command in ('LIST (X-UNKNOWN) "" "*"', 'LIST "" "*" RETURN (X-UNKNOWN)',
+                    'LIST (RECURSIVEMATCH) "" "*"', 'LIST (RECURSIVEMATCH REMOTE) "" "*"'):
+        assert tagged(transact(client, command)).startswith(b"BAD"), command
+    assert ok(transact(client, 'LIST (REMOTE) "" "INBOX"')) == [b'* LIST (\\HasNoChildren) "/" "INBOX"']
+    ok(transact(client, 'LIST (RECURSIVEMATCH SUBSCRIBED REMOTE) "" "*"'))
+    client.logout()

@@ -346,6 +346,12 @@ MALFORMED = [
     b"a ENABLE\r\n",
     b"a ID (\"a\")\r\n",
     b"a LIST (RECURSIVEMATCH) \"\" *\r\n",
+    # RFC 5258 section 3: unknown options, RECURSIVEMATCH with only REMOTE (imaptest listext)
+    b"a LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n",
+    b"a LIST (X-BOGUS) \"\" *\r\n",
+    b"a LIST (SUBSCRIBED X-BOGUS) \"\" *\r\n",
+    b"a LIST \"\" * RETURN (X-BOGUS)\r\n",
+    b"a LIST (SUBSCRIBED) \"\" * RETURN (CHILDREN X-BOGUS)\r\n",
     b"a LIST \"\" * BOGUS (X)\r\n",
     b"a APPEND INBOX\r\n",
     b"a LOGIN ~{1}\r\nx x\r\n",

@@ -173,8 +173,7 @@ class MailboxCommands:
         assert isinstance(args, List)
         select = set(args.selection_options)
         returns = set(args.return_options)
-        if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH"}:
-            raise bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 section 3
+        select.discard("REMOTE")  # RFC 5258 section 3.1: no remote mailboxes here
         if len(args.patterns) == 1 and args.patterns[0] == "" and not args.extended:
             # the hierarchy delimiter and root (RFC 3501 section 6.3.8)
             await self.send(r.list_response(["\\Noselect"], DELIMITER, ""))

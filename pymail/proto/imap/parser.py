@@ -467,6 +467,13 @@ def _status_items(c: _Cursor) -> tuple[str, ...]:
     return items
 
 
+#: LIST selection options (RFC 5258 section 3.1; SPECIAL-USE RFC 6154 section 5.1;
+#: REMOTE is accepted and means nothing here: there are no remote mailboxes).
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+#: LIST return options (RFC 5258 section 3.2; SPECIAL-USE RFC 6154; STATUS RFC 5819).
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
 def _parse_list(c: _Cursor) -> List:
     # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]
     # (RFC 5258 section 6)
@@ -476,8 +483,12 @@ def _parse_list(c: _Cursor) -> List:
     if c.peek() == 0x28:
         extended = True
         selection = c.paren_list(lambda: c.atom().upper())
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            raise _SyntaxError("RECURSIVEMATCH alone")  # RFC 5258 section 3.1
+        # RFC 5258 section 3: an unrecognised selection option is BAD, and so is
+        # RECURSIVEMATCH without another one (REMOTE does not count, section 3.1).
+        if not set(selection) <= LIST_SELECTION_OPTIONS:
+            raise _SyntaxError("unknown LIST selection option")
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            raise _SyntaxError("RECURSIVEMATCH alone")
         c.sp()
     reference = c.mailbox()
     c.sp()
@@ -499,6 +510,8 @@ def _parse_list(c: _Cursor) -> List:
         def return_option() -> str:
             nonlocal status_items
             name = c.atom().upper()
+            if name not in LIST_RETURN_OPTIONS:  # RFC 5258 section 3: BAD
+                raise _SyntaxError("unknown LIST return option")
             if name == "STATUS":  # RFC 5819 section 2
                 c.sp()
                 status_items = _status_items(c)
