@@ -109,3 +109,31 @@ def test_list_extended_refuses_unknown_options(server: PymailServer) -> None:
     assert ok(transact(client, 'LIST (REMOTE) "" "INBOX"')) == [b'* LIST (\\HasNoChildren) "/" "INBOX"']
     ok(transact(client, 'LIST (RECURSIVEMATCH SUBSCRIBED REMOTE) "" "*"'))
     client.logout()
+
+
+# -- 5. BINARY of quoted-printable (imaptest: fetch-binary-mime-qp) ----------------------
+
+QP_MESSAGE = (
+    b"From: Carol <carol@remote.example>\r\n"
+    b"Subject: qp\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"trailing blanks \t\r\n"
+    b"soft=  \r\n"
+    b"break=3D\r\n"
+)
+
+
+def test_binary_of_quoted_printable_deletes_trailing_blanks(server: PymailServer) -> None:
+    """RFC 3516 section 4.2 with RFC 2045 section 6.7 rules 3 and 5: trailing blanks of
+    a line are deleted, so "=" followed by blanks at the end of a line is a soft break."""
+    client = login(server)
+    ok(append(client, "INBOX", QP_MESSAGE))
+    ok(transact(client, "SELECT INBOX"))
+    decoded = b"trailing blanks\r\nsoftbreak=\r\n"
+    lines = ok(transact(client, "FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])"))
+    assert lines[0] == b"* 1 FETCH (BINARY.SIZE[1] %d BINARY[1] {%d}" % (len(decoded), len(decoded))
+    assert b"\r\n".join(lines[1:]) == decoded + b")"
+    client.logout()
