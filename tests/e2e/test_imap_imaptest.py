@@ -137,3 +137,20 @@ def test_binary_of_quoted_printable_deletes_trailing_blanks(server: PymailServer
     assert lines[0] == b"* 1 FETCH (BINARY.SIZE[1] %d BINARY[1] {%d}" % (len(decoded), len(decoded))
     assert b"\r\n".join(lines[1:]) == decoded + b")"
     client.logout()
+
+
+# -- 9. SEARCH FROM over the parsed address (imaptest: search-addresses) -----------------
+
+def test_search_from_matches_the_parsed_address(server: PymailServer) -> None:
+    """RFC 3501 section 6.4.4 FROM: the address with its comments (RFC 5322 section
+    3.4.1 CFWS) is the one ENVELOPE reports, and SEARCH finds it."""
+    client = login(server)
+    ok(append(client, "INBOX", b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+                               b"To: Real Name <user-to@domain.org>\r\nSubject: s\r\n\r\nbody\r\n"))
+    ok(append(client, "INBOX", PLAIN))
+    ok(transact(client, "SELECT INBOX"))
+    assert ok(transact(client, 'SEARCH FROM "user-from@domain.org"')) == [b"* SEARCH 1"]
+    assert ok(transact(client, "SEARCH FROM user-from")) == [b"* SEARCH 1"]
+    assert ok(transact(client, 'SEARCH TO "Real Name <user-to@domain.org>"')) == [b"* SEARCH 1"]
+    assert ok(transact(client, "SEARCH FROM carol@remote.example")) == [b"* SEARCH 2"]
+    client.logout()

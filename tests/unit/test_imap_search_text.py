@@ -243,3 +243,16 @@ def test_a_known_message_by_bytes(needle, headers, found) -> None:
     assert reference_contains(raw, needle, headers=headers) is found
     for cuts in ([], [1, 2, 3, 50, 51, 200], list(range(0, 600, 7))):
         assert streamed_contains(raw, needle, cuts, headers=headers) is found, cuts
+
+
+def test_address_texts_see_through_comments() -> None:
+    # RFC 5322 section 3.4.1: CFWS around the "@" of an addr-spec (imaptest
+    # search-addresses); what SEARCH FROM matches besides the raw field
+    from pymail.mail.mime import parse_structure
+    from pymail.proto.imap.search import address_texts
+
+    message = parse_structure(
+        b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+        b"To: =?utf-8?q?J=C3=B6?= <jo@x.org>, group: a@b.example;\r\n\r\nbody\r\n")
+    assert address_texts(message.envelope.from_) == ["user-from@domain.org"]
+    assert address_texts(message.envelope.to) == ["jo@x.org", "Jö", "Jö <jo@x.org>", "a@b.example"]

@@ -36,7 +36,7 @@ from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.sections import HeaderFieldsFilter
 from pymail.proto.imap.search import (
-    FLAG_KEYS, SegmentSearch, compare_date, header_text, text_segments, uses_key,
+    FLAG_KEYS, SegmentSearch, address_texts, compare_date, header_text, text_segments, uses_key,
 )
 from pymail.proto.imap.types import Command, Search, SearchKey, SequenceSet
 from pymail.store import MessageRecord
@@ -211,7 +211,9 @@ class SearchContext:
             except (TypeError, ValueError, IndexError):
                 sent = None
             return sent is not None and compare_date(name[4:], sent, args[0])  # type: ignore[arg-type]
-        if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        if name in ("FROM", "TO", "CC", "BCC"):
+            return await self._address_contains(name, str(args[0]))
+        if name == "SUBJECT":
             return await self._header_contains(name, str(args[0]))
         if name == "HEADER":
             return await self._header_contains(str(args[0]), str(args[1]))
@@ -235,6 +237,17 @@ class SearchContext:
             if found or search.finish():
                 return True
         return False
+
+    async def _address_contains(self, field_name: str, needle: str) -> bool:
+        """FROM / TO / CC / BCC: the raw field, or an address of it as ENVELOPE parses
+        it (`address_texts`: comments inside an addr-spec do not hide it)."""
+        if await self._header_contains(field_name, needle):
+            return True
+        structure, _ = await self._message()
+        attribute = "from_" if field_name == "FROM" else field_name.lower()
+        folded = needle.casefold()
+        return any(folded in text.casefold()
+                   for text in address_texts(getattr(structure.envelope, attribute)))
 
     async def _header_contains(self, field_name: str, needle: str) -> bool:
         values = await self.header_values(field_name)

@@ -43,15 +43,17 @@ import datetime as _dt
 import email.header
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymail.mail.charsets import text_charset, text_decoder
-from pymail.mail.mime import MessageStructure, UnknownTransferEncoding
+from pymail.mail.mime import Address, MessageStructure, UnknownTransferEncoding
 from pymail.proto.imap.sections import TransferDecoder
 from pymail.proto.imap.types import SearchKey
 
 __all__ = [
-    "FLAG_KEYS", "RUN_HOLD", "SegmentSearch", "TextMatcher", "TextSegment", "compare_date",
+    "FLAG_KEYS", "RUN_HOLD", "SegmentSearch", "TextMatcher", "TextSegment", "address_texts",
+    "compare_date",
     "header_text", "text_segments", "unfold", "uses_key",
 ]
 
@@ -256,6 +258,24 @@ def header_text(value: bytes) -> str:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:  # malformed encoded words: search the raw text
         return text
+
+
+def address_texts(addresses: Iterable[Address]) -> list[str]:
+    """What SEARCH FROM/TO/CC/BCC also match besides the raw field: each address as
+    ENVELOPE parses it (RFC 3501 section 7.4.2), ``mailbox@host`` and the display name
+    with RFC 2047 words decoded, so comments and blanks inside an addr-spec
+    (``<user-from (comment)@ (comment) domain.org>``, RFC 5322 section 3.4.1 CFWS) do
+    not hide it.  Group markers are skipped."""
+    out = []
+    for address in addresses:
+        if address.mailbox is None or address.host is None:
+            continue
+        spec = f"{address.mailbox}@{address.host}" if address.host else address.mailbox
+        out.append(spec)
+        if address.name:
+            name = header_text(address.name.encode("utf-8", "surrogateescape"))
+            out += [name, f"{name} <{spec}>"]
+    return out
 
 
 def uses_key(key: SearchKey, name: str) -> bool:
