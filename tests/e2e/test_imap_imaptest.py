@@ -154,3 +154,29 @@ def test_search_from_matches_the_parsed_address(server: PymailServer) -> None:
     assert ok(transact(client, 'SEARCH TO "Real Name <user-to@domain.org>"')) == [b"* SEARCH 1"]
     assert ok(transact(client, "SEARCH FROM carol@remote.example")) == [b"* SEARCH 2"]
     client.logout()
+
+
+# -- 10. a new keyword is announced before FETCH shows it (imaptest: copy, select warnings)
+
+def test_new_keyword_is_announced_before_fetch_flags(server: PymailServer) -> None:
+    """RFC 3501 section 7.2.6: FLAGS names the flags applicable in the mailbox; a STORE
+    of a new keyword, or one another session set, comes with an untagged FLAGS and
+    PERMANENTFLAGS before the FETCH that shows it."""
+    client, other = login(server), login(server)
+    ok(append(client, "INBOX", PLAIN))
+    ok(append(client, "INBOX", PLAIN))
+    ok(transact(client, "SELECT INBOX"))
+    ok(transact(other, "SELECT INBOX"))
+    lines = ok(transact(client, "STORE 1 +FLAGS ($Label1)"))
+    assert lines == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] Flags permitted",
+        b"* 1 FETCH (FLAGS ($Label1))"]
+    assert ok(transact(client, "STORE 2 +FLAGS ($Label1)")) == [b"* 2 FETCH (FLAGS ($Label1))"]
+    # the other session learns of it before the FETCH FLAGS of the change
+    lines = ok(transact(other, "NOOP"))
+    assert lines[0].startswith(b"* FLAGS (") and b"$Label1" in lines[0]
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (")
+    assert sorted(lines[2:]) == [b"* 1 FETCH (UID 1 FLAGS ($Label1))", b"* 2 FETCH (UID 2 FLAGS ($Label1))"]
+    client.logout()
+    other.logout()

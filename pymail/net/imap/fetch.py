@@ -1,7 +1,8 @@
 """FETCH (RFC 3501 section 6.4.5, UID FETCH section 6.4.8, RFC 3516 BINARY, RFC 7162
 MODSEQ and CHANGEDSINCE) as a part of `ImapSession` (a mixin: the session provides
 ``store``, ``sel``, ``condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
-``_records``, ``_structure``, ``_remember_flags`` and ``send``), in bounded memory.
+``_records``, ``_structure``, ``_remember_flags``, ``_announce_keywords`` and
+``send``), in bounded memory.
 
 Invariants:
 
@@ -176,6 +177,9 @@ class FetchCommand:
                 update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
                 for record in update.changed:
                     records[record.uid] = record
+        announcement = self._announce_keywords(records[u].flags for _, u in targets)
+        if announcement:  # RFC 3501 section 7.2.6: FLAGS before a FETCH shows a new keyword
+            await self.send(announcement)
         output = FetchOutput(self)
         try:
             for seq, u in targets:

@@ -66,7 +66,7 @@ from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import responses as r
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
-from pymail.proto.imap.flags import SYSTEM_FLAGS, keep_keyword_spelling
+from pymail.proto.imap.flags import SYSTEM_FLAGS, keep_keyword_spelling, new_keywords
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.reader import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
@@ -486,6 +486,21 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
     def _flag_list(sel: SelectedMailbox) -> list[str]:
         return [*SYSTEM_FLAGS, *sorted(sel.keywords)]
 
+    def _announce_keywords(self, flag_sets) -> bytes:
+        """Untagged FLAGS and PERMANENTFLAGS naming the keywords of `flag_sets` the
+        client has not been told of, to send before a FETCH shows them (RFC 3501
+        section 7.2.6); b"" when there are none."""
+        sel = self.sel
+        new = new_keywords(flag_sets, sel.keywords)
+        if not new:
+            return b""
+        sel.keywords |= new
+        out = r.flags_response(self._flag_list(sel))
+        if not sel.read_only:
+            permanent = [*self._flag_list(sel), "\\*"]
+            out += r.untagged_status(r.STATUS_OK, "Flags permitted", r.code_permanentflags(permanent))
+        return out
+
     async def cmd_status(self, command: Command):
         # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ, RFC 7889
         # APPENDLIMIT.
@@ -686,9 +701,8 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
                 records[record.uid] = record
                 changed.add(record.uid)
             failed = list(update.failed)
-        sel.keywords.update(f for f in flags if not f.startswith("\\"))
         refused = set(failed)
-        out = []
+        out = [self._announce_keywords(records[u].flags for _, u in targets if u not in refused)]
         for seq, u in targets:
             if u in refused:
                 continue
@@ -816,10 +830,7 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         newest = kept[-1] if kept else 0
         new = [m.uid for m in rows if m.uid > newest]
         sel.uids = kept + new
-        keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
-        if not keywords <= sel.keywords:
-            sel.keywords |= keywords
-            out.append(r.flags_response(self._flag_list(sel)))
+        out.append(self._announce_keywords(m.flags for m in rows))
         if new:
             out.append(r.exists_response(len(sel.uids)))
             for u in new:
@@ -833,8 +844,9 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
                     items.append(("MODSEQ", r.encode_modseq(record.modseq)))
                 out.append(r.fetch_response(position + 1, items))
         sel.highestmodseq, sel.uidnext = box.highestmodseq, box.uidnext
-        if out:
-            await self.send(b"".join(out))
+        data = b"".join(out)
+        if data:
+            await self.send(data)
 
     HANDLERS: dict[str, Callable[["ImapSession", Command], Awaitable[object]]] = {}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["SYSTEM_FLAGS", "canonical_flag", "keep_keyword_spelling", "is_keyword"]
+__all__ = ["SYSTEM_FLAGS", "canonical_flag", "is_keyword", "keep_keyword_spelling", "new_keywords"]
 
 #: The system flags a message may carry (RFC 3501 section 2.3.2), canonical spelling.
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -52,3 +52,11 @@ def keep_keyword_spelling(flags: Iterable[str], known: Iterable[str]) -> frozens
             flag = spelling.setdefault(flag.lower(), flag)
         out.add(flag)
     return frozenset(out)
+
+
+def new_keywords(flag_sets: Iterable[Iterable[str]], announced: Iterable[str]) -> set[str]:
+    """The keywords in `flag_sets` that are not among the `announced` ones: what an
+    untagged FLAGS (and PERMANENTFLAGS) must name before a FETCH FLAGS uses them (RFC
+    3501 section 7.2.6: FLAGS lists the flags applicable to the mailbox)."""
+    known = set(announced)
+    return {flag for flags in flag_sets for flag in flags if is_keyword(flag) and flag not in known}
