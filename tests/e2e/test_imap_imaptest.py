@@ -180,3 +180,40 @@ def test_new_keyword_is_announced_before_fetch_flags(server: PymailServer) -> No
     assert sorted(lines[2:]) == [b"* 1 FETCH (UID 1 FLAGS ($Label1))", b"* 2 FETCH (UID 2 FLAGS ($Label1))"]
     client.logout()
     other.logout()
+
+
+# -- 8. CONDSTORE (imaptest: esearch-condstore) ------------------------------------------
+
+def test_condstore_enabled_in_selected_state_and_esearch_modseq(server: PymailServer) -> None:
+    """RFC 7162 section 3.1: the first CONDSTORE enabling command in the selected state
+    gets an untagged OK [HIGHESTMODSEQ]; section 3.1.5 with RFC 4731: SEARCH RETURN (MIN)
+    or (MAX) with MODSEQ reports the mod-sequence of the message returned."""
+    client = login(server)
+    for _ in range(3):
+        ok(append(client, "INBOX", PLAIN))
+    ok(transact(client, "SELECT INBOX"))
+    ok(transact(client, "STORE 1 +FLAGS (\\Flagged)"))
+    ok(transact(client, "STORE 3 +FLAGS (\\Flagged)"))
+    lines = ok(transact(client, "FETCH 1:3 (MODSEQ)"))
+    modseqs = [int(re.search(rb"MODSEQ \((\d+)\)", line).group(1)) for line in lines[1:]]
+    assert len(lines) == 4, lines
+    highest = re.fullmatch(rb"\* OK \[HIGHESTMODSEQ (\d+)\] Highest", lines[0])
+    assert highest is not None, lines
+    assert int(highest.group(1)) == max(modseqs)
+    assert ok(transact(client, "FETCH 1 (MODSEQ)")) == [b"* 1 FETCH (MODSEQ (%d))" % modseqs[0]]  # once only
+    lines = ok(transact(client, "SEARCH RETURN (MIN) MODSEQ 1"))
+    assert lines[0].endswith(b" MIN 1 MODSEQ %d" % modseqs[0]), lines
+    lines = ok(transact(client, "SEARCH RETURN (MAX) MODSEQ 1"))
+    assert lines[0].endswith(b" MAX 3 MODSEQ %d" % modseqs[2]), lines
+    lines = ok(transact(client, "SEARCH RETURN (MIN COUNT) MODSEQ 1"))
+    assert lines[0].endswith(b" MIN 1 COUNT 3 MODSEQ %d" % max(modseqs)), lines
+    client.logout()
+
+
+def test_enable_condstore_while_selected_announces_highestmodseq(server: PymailServer) -> None:
+    client = login(server)
+    ok(transact(client, "SELECT INBOX"))
+    lines = ok(transact(client, "ENABLE CONDSTORE"))
+    assert lines[0] == b"* OK [HIGHESTMODSEQ 1] Highest" and lines[1] == b"* ENABLED CONDSTORE"
+    client.logout()
+

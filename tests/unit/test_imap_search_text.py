@@ -256,3 +256,16 @@ def test_address_texts_see_through_comments() -> None:
         b"To: =?utf-8?q?J=C3=B6?= <jo@x.org>, group: a@b.example;\r\n\r\nbody\r\n")
     assert address_texts(message.envelope.from_) == ["user-from@domain.org"]
     assert address_texts(message.envelope.to) == ["jo@x.org", "Jö", "Jö <jo@x.org>", "a@b.example"]
+
+
+def test_esearch_modseq_is_that_of_the_returned_messages() -> None:
+    # RFC 7162 section 3.1.5 with RFC 4731 (imaptest esearch-condstore)
+    from pymail.proto.imap.search import esearch_modseq
+
+    modseqs = [7, 9, 4]
+    assert esearch_modseq(("MIN",), modseqs) == 7
+    assert esearch_modseq(("MAX",), modseqs) == 4
+    assert esearch_modseq(("MIN", "MAX"), modseqs) == 7
+    assert esearch_modseq(("MIN", "COUNT"), modseqs) == 9
+    assert esearch_modseq(None, modseqs) == 9
+    assert esearch_modseq(("MIN",), []) is None

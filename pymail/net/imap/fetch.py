@@ -1,6 +1,6 @@
 """FETCH (RFC 3501 section 6.4.5, UID FETCH section 6.4.8, RFC 3516 BINARY, RFC 7162
 MODSEQ and CHANGEDSINCE) as a part of `ImapSession` (a mixin: the session provides
-``store``, ``sel``, ``condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
+``store``, ``sel``, ``condstore``, ``_enable_condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
 ``_records``, ``_structure``, ``_remember_flags``, ``_announce_keywords`` and
 ``send``), in bounded memory.
 
@@ -153,7 +153,7 @@ class FetchCommand:
         if sum(1 for a in attributes if is_section(a)) > self.fetch_sections:
             raise bad(TEXT_TOO_MANY_SECTIONS)
         if args.changed_since is not None or "MODSEQ" in names:
-            self.condstore = True  # a CONDSTORE enabling command (RFC 7162 section 3.1)
+            await self._enable_condstore()  # a CONDSTORE enabling command (RFC 7162 3.1)
             if "MODSEQ" not in names:
                 attributes.append(FetchAttribute("MODSEQ"))
                 names.add("MODSEQ")

@@ -36,7 +36,7 @@ from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.sections import HeaderFieldsFilter
 from pymail.proto.imap.search import (
-    FLAG_KEYS, SegmentSearch, address_texts, compare_date, header_text, text_segments, uses_key,
+    FLAG_KEYS, SegmentSearch, address_texts, compare_date, esearch_modseq, header_text, text_segments, uses_key,
 )
 from pymail.proto.imap.types import Command, Search, SearchKey, SequenceSet
 from pymail.store import MessageRecord
@@ -71,7 +71,7 @@ class SearchCommand:
             options = ("ALL",)
         uses_modseq = uses_key(args.key, "MODSEQ")
         if uses_modseq:
-            self.condstore = True
+            await self._enable_condstore()  # RFC 7162 section 3.1
         sel = self.sel
         matched: list[tuple[int, int]] = []  # (sequence number, UID)
         largest_uid = sel.uids[-1] if sel.uids else 0
@@ -95,7 +95,9 @@ class SearchCommand:
                 sel.saved = []  # RFC 5182 section 2.1: a failed SAVE search empties $
             raise
         numbers = [u if command.uid else seq for seq, u in matched]
-        highest = max((records[u].modseq for _, u in matched), default=None) if uses_modseq else None
+        highest = None
+        if uses_modseq:  # RFC 7162 section 3.1.5; with ESEARCH, of the returned ones only
+            highest = esearch_modseq(options, [records[u].modseq for _, u in matched])
         if options is None:
             await self.send(r.search_response(numbers, modseq=highest))
             return "SEARCH completed"

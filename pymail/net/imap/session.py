@@ -422,13 +422,25 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         for name in args.capabilities:
             wanted = name.upper()
             if wanted == "CONDSTORE" and not self.condstore:
-                self.condstore = True
+                await self._enable_condstore()
                 enabled.append("CONDSTORE")
             elif wanted == "IMAP4REV2" and not self.rev2:
                 self.rev2 = True
                 enabled.append("IMAP4rev2")
         await self.send(r.enabled_response(enabled))
         return "ENABLE completed"
+
+    async def _enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 section 3.1).  The first one in the
+        selected state is told with an untagged OK [HIGHESTMODSEQ] (sections 3.1.2 and
+        3.1.4: the client now tracks mod-sequences and needs the mailbox's), as
+        Dovecot does; SELECT (CONDSTORE) says it in the SELECT responses."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            await self.send(r.untagged_status(
+                r.STATUS_OK, "Highest", r.code_highestmodseq(self.selected.highestmodseq)))
 
     async def _mailbox(self, raw_name: str) -> Mailbox:
         box = await self.store.index.get_mailbox(self.user_id, self._name(raw_name))
@@ -513,7 +525,7 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
 
     async def _status_values(self, box: Mailbox, items: tuple[str, ...]) -> list[tuple[str, int]]:
         if "HIGHESTMODSEQ" in items:
-            self.condstore = True  # RFC 7162 section 3.1: a CONDSTORE enabling command
+            await self._enable_condstore()  # RFC 7162 section 3.1: a CONDSTORE enabling command
         status = await self.store.index.mailbox_status(box.id)
         values = {
             "MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.mailbox.uidnext,
@@ -684,7 +696,7 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         if sel.read_only:
             raise _No(TEXT_READ_ONLY)
         if args.unchanged_since is not None:
-            self.condstore = True
+            await self._enable_condstore()
         resolved = self._resolve(args.sequence_set, command.uid)
         records = await self._records([u for _, u in resolved])
         targets = [(seq, u) for seq, u in resolved if u in records]

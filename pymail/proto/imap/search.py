@@ -53,7 +53,7 @@ from pymail.proto.imap.types import SearchKey
 
 __all__ = [
     "FLAG_KEYS", "RUN_HOLD", "SegmentSearch", "TextMatcher", "TextSegment", "address_texts",
-    "compare_date",
+    "compare_date", "esearch_modseq",
     "header_text", "text_segments", "unfold", "uses_key",
 ]
 
@@ -276,6 +276,19 @@ def address_texts(addresses: Iterable[Address]) -> list[str]:
             name = header_text(address.name.encode("utf-8", "surrogateescape"))
             out += [name, f"{name} <{spec}>"]
     return out
+
+
+def esearch_modseq(options: tuple[str, ...] | None, modseqs: list[int]) -> int | None:
+    """The MODSEQ a SEARCH with the MODSEQ key reports, for the matches' mod-sequences in
+    sequence order (None: nothing matched).  RFC 7162 section 3.1.5: the highest of the
+    messages *returned*; with RETURN (MIN) and/or (MAX) alone (RFC 4731 section 3.1)
+    only those are returned, so it is theirs, not the highest of every match."""
+    if not modseqs:
+        return None
+    if options is not None and set(options) & {"MIN", "MAX"} and not set(options) & {"ALL", "COUNT"}:
+        ends = ([modseqs[0]] if "MIN" in options else []) + ([modseqs[-1]] if "MAX" in options else [])
+        return max(ends)
+    return max(modseqs)
 
 
 def uses_key(key: SearchKey, name: str) -> bool:
