@@ -217,3 +217,49 @@ def test_enable_condstore_while_selected_announces_highestmodseq(server: PymailS
     assert lines[0] == b"* OK [HIGHESTMODSEQ 1] Highest" and lines[1] == b"* ENABLED CONDSTORE"
     client.logout()
 
+
+# -- 6. NUL never in a plain literal (imaptest: append-binary) ---------------------------
+
+NUL_MESSAGE = (
+    b"From: Carol <carol@remote.example>\r\n"
+    b"Subject: nul\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: binary\r\n"
+    b"\r\n"
+    b"a\x00b\x00c\r\n"
+)
+
+
+def transact_literals(client: imaplib.IMAP4, text: str) -> tuple[list[bytes], list[bytes]]:
+    """A raw command: the response lines (literal heads included) and the literals."""
+    tag = client._new_tag().decode()
+    client.send(f"{tag} {text}\r\n".encode())
+    lines, literals = [], []
+    while True:
+        line = client.readline()
+        assert line, "connection closed"
+        lines.append(line.rstrip(b"\r\n"))
+        head = re.search(rb"~?\{(\d+)\}\r\n\Z", line)
+        if head:
+            literals.append(client.read(int(head.group(1))))
+        elif line.startswith(tag.encode() + b" "):
+            return lines, literals
+
+
+def test_nul_goes_only_in_literal8(server: PymailServer) -> None:
+    """RFC 3501 section 9: a literal is CHAR8, no NUL; RFC 3516 section 4.2: BINARY[]
+    holding NUL goes as literal8 (``~{n}``).  BODY[] of a binary part has no literal8:
+    its NULs are sent as 0x80, octet for octet (Dovecot's choice)."""
+    client = login(server)
+    tag = client._new_tag().decode()
+    client.send(f"{tag} APPEND INBOX ~{{{len(NUL_MESSAGE)}+}}\r\n".encode() + NUL_MESSAGE + b"\r\n")
+    assert client.readline().startswith(tag.encode() + b" OK")
+    ok(transact(client, "SELECT INBOX"))
+    lines, literals = transact_literals(client, "FETCH 1 (BINARY.PEEK[1])")
+    assert lines[0] == b"* 1 FETCH (BINARY[1] ~{7}" and literals == [b"a\x00b\x00c\r\n"]
+    lines, literals = transact_literals(client, "FETCH 1 (BODY.PEEK[1])")
+    assert lines[0] == b"* 1 FETCH (BODY[1] {7}" and literals == [b"a\x80b\x80c\r\n"]
+    lines, literals = transact_literals(client, "FETCH 1 (BODY.PEEK[])")
+    assert literals == [NUL_MESSAGE.replace(b"\x00", b"\x80")]
+    client.logout()

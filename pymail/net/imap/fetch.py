@@ -24,6 +24,8 @@ Invariants:
   write buffer, however many sections or messages it asks for.
 * Small responses are gathered across messages and sent in pieces of about
   `SEND_CHUNK`; the complete ones are sent before a failure is answered.
+* No ``{n}`` literal holds NUL: BODY[] and RFC822 values send it as `NUL_STAND_IN`,
+  BINARY values that hold one go as ``~{n}`` literal8 (RFC 3516 section 4.2).
 * Once a literal has started, a failure of the blob store (or a blob shorter than its
   index row) cannot be answered in the protocol: the connection is closed, logged.
 """
@@ -133,6 +135,13 @@ class FetchOutput:
             data, self.buffer = bytes(self.buffer), bytearray()
             await self.session.send(data)
 
+
+#: What a NUL in a BODY[] / RFC822 value is sent as.  A literal is CHAR8, NUL excluded
+#: (RFC 3501 section 9), and only BINARY may use literal8 (RFC 3516 section 4.2); the
+#: octets of a "Content-Transfer-Encoding: binary" part are what they are, so the NUL is
+#: replaced octet for octet (the length stays), as Dovecot does.  BINARY[] sends it as
+#: it is, in a ``~{n}`` literal8.
+NUL_STAND_IN = b"\x80"
 
 #: A planned section value: the plan, the value's length and whether it holds NUL.
 _Planned = tuple[SectionPlan, int, bool]
@@ -264,6 +273,8 @@ class FetchCommand:
                 sent = 0
                 async for piece in _value_pieces(plan, source):
                     sent += len(piece)
+                    if not plan.binary and b"\x00" in piece:
+                        piece = piece.replace(b"\x00", NUL_STAND_IN)
                     await output.send_chunk(piece)
                 if sent != length:
                     raise BrokenBlob(f"section of blob {source.key} changed length")
