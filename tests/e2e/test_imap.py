@@ -180,6 +180,9 @@ def test_list_lsub_and_mailbox_management(server: PymailServer) -> None:
     assert lines[:-1] == [b'* LIST (\\HasChildren) "/" "Projects/2026"',
                           b'* LIST (\\HasNoChildren) "/" "Projects/2026/Q1"']
     assert b'* LIST (\\HasNoChildren) "/" "Caf&AOk-"' in transact(client, 'LIST "" "Caf*"')
+    # CREATE subscribes nothing (only SUBSCRIBE does, RFC 3501 section 6.3.6)
+    assert client.lsub('""', "Projects*")[1] == [None]
+    assert client.subscribe("Projects/2026")[0] == "OK"
     assert client.unsubscribe("Projects/2026/Q1")[0] == "OK"
     assert client.lsub('""', "Projects/2026/*")[1] == [None]
     lines = transact(client, 'LIST (SUBSCRIBED) "" "Projects/*"')

@@ -263,3 +263,29 @@ def test_nul_goes_only_in_literal8(server: PymailServer) -> None:
     lines, literals = transact_literals(client, "FETCH 1 (BODY.PEEK[])")
     assert literals == [NUL_MESSAGE.replace(b"\x00", b"\x80")]
     client.logout()
+
+
+# -- 3. subscriptions are names (imaptest: subscribe, listext) ---------------------------
+
+def test_subscriptions_outlive_their_mailbox(server: PymailServer) -> None:
+    """RFC 3501 section 6.3.3: CREATE does not subscribe; section 6.3.4: DELETE does
+    not unsubscribe; RFC 5258 section 3.1: LIST (SUBSCRIBED) shows such a name with
+    \\NonExistent."""
+    client = login(server)
+    ok(transact(client, "CREATE Box"))
+    assert ok(transact(client, 'LIST (SUBSCRIBED) "" "Box"')) == []
+    assert ok(transact(client, 'LSUB "" "Box"')) == []
+    ok(transact(client, "SUBSCRIBE Box"))
+    assert ok(transact(client, 'LIST (SUBSCRIBED) "" "Box"')) == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" "Box"']
+    ok(transact(client, "DELETE Box"))
+    lines = ok(transact(client, 'LIST (SUBSCRIBED) "" "*"'))
+    assert b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" "Box"' in lines
+    lines = ok(transact(client, 'LIST (SUBSCRIBED) "" "Box"'))
+    assert lines == [b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" "Box"']
+    assert ok(transact(client, 'LSUB "" "Box"')) == [b'* LSUB (\\Noselect \\HasNoChildren) "/" "Box"']
+    assert ok(transact(client, 'LIST "" "Box"')) == []  # no mailbox: not in a plain LIST
+    ok(transact(client, "UNSUBSCRIBE Box"))
+    assert ok(transact(client, 'LIST (SUBSCRIBED) "" "Box"')) == []
+    assert tagged(transact(client, "UNSUBSCRIBE Box")).startswith(b"NO")
+    client.logout()
