@@ -325,6 +325,14 @@ class Index(Protocol):
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """The lowest UID no session that selected the mailbox has taken as \\Recent
+        (RFC 3501 section 2.3.2).  With `advance_to` (a SELECT, or new mail reported to
+        a read-write session), moves it up to that UID, never down, in the same
+        transaction, and returns the value before: two sessions never both get a
+        message as \\Recent.  `NotFound` if the mailbox does not exist."""
+        ...
+
     async def mailbox_status(self, mailbox_id: int) -> "MailboxStatus":
         """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
         ...

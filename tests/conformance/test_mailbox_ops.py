@@ -137,6 +137,24 @@ async def test_subscriptions_are_names(store: Store) -> None:
     assert "Job/Old" not in await store.index.list_subscriptions(ann.id)
 
 
+# --------------------------------------------------------------------------- \\Recent
+
+
+async def test_first_recent_uid_only_moves_up(store: Store) -> None:
+    # RFC 3501 section 2.3.2: the watermark a SELECT takes its \\Recent messages from
+    (ann,) = await _users(store, "ann")
+    box = await store.index.create_mailbox(ann.id, "Fresh")
+    assert await store.index.first_recent_uid(box.id) == 1
+    assert await store.index.first_recent_uid(box.id, 5) == 1
+    assert await store.index.first_recent_uid(box.id) == 5
+    assert await store.index.first_recent_uid(box.id, 3) == 5  # never down
+    assert await store.index.first_recent_uid(box.id) == 5
+    with pytest.raises(NotFound):
+        await store.index.first_recent_uid(box.id + 10_000)
+    with pytest.raises(NotFound):
+        await store.index.first_recent_uid(box.id + 10_000, 2)
+
+
 # --------------------------------------------------------------------------- rename
 
 

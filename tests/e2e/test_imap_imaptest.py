@@ -289,3 +289,37 @@ def test_subscriptions_outlive_their_mailbox(server: PymailServer) -> None:
     assert ok(transact(client, 'LIST (SUBSCRIBED) "" "Box"')) == []
     assert tagged(transact(client, "UNSUBSCRIBE Box")).startswith(b"NO")
     client.logout()
+
+
+# -- 2. \\Recent (imaptest: copy, search-flags, select) -----------------------------------
+
+def test_recent_goes_to_the_first_session_that_selects(server: PymailServer) -> None:
+    """RFC 3501 section 2.3.2: a message is \\Recent in the first session to select its
+    mailbox after it arrived (EXAMINE does not take it), new mail goes to the session
+    that has the mailbox selected; SEARCH RECENT / NEW / OLD (section 6.4.4); a COPY is
+    recent in the target (section 6.4.7)."""
+    client, other = login(server), login(server)
+    ok(append(client, "INBOX", PLAIN))
+    ok(append(client, "INBOX", PLAIN, "\\Seen"))
+    assert ok(transact(client, "STATUS INBOX (RECENT)")) == [b'* STATUS "INBOX" (RECENT 2)']
+    assert b"* 2 RECENT" in ok(transact(other, "EXAMINE INBOX"))  # looks, does not take
+    assert b"* 2 RECENT" in ok(transact(client, "SELECT INBOX"))
+    assert ok(transact(client, "FETCH 1:2 FLAGS")) == [
+        b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Recent \\Seen))"]
+    assert ok(transact(client, "SEARCH RECENT")) == [b"* SEARCH 1 2"]
+    assert ok(transact(client, "SEARCH NEW")) == [b"* SEARCH 1"]
+    assert ok(transact(client, "SEARCH OLD")) == [b"* SEARCH"]
+    assert b"* 0 RECENT" in ok(transact(other, "SELECT INBOX"))  # taken already
+    assert ok(transact(other, "SEARCH RECENT")) == [b"* SEARCH"]
+    assert ok(transact(other, "FETCH 1 FLAGS")) == [b"* 1 FETCH (FLAGS ())"]
+    # a COPY is recent in the target, for the next session to select it
+    ok(transact(client, "COPY 1:2 Archive"))
+    assert b"* 2 RECENT" in ok(transact(other, "SELECT Archive"))
+    # new mail while selected: recent for the session that reports it
+    ok(append(other, "INBOX", PLAIN))
+    lines = ok(transact(client, "NOOP"))
+    assert b"* 3 EXISTS" in lines and b"* 3 RECENT" in lines, lines
+    assert ok(transact(client, "FETCH 3 FLAGS")) == [b"* 3 FETCH (FLAGS (\\Recent))"]
+    assert ok(transact(other, "STATUS INBOX (RECENT)")) == [b'* STATUS "INBOX" (RECENT 0)']
+    client.logout()
+    other.logout()

@@ -1,8 +1,8 @@
 """FETCH (RFC 3501 section 6.4.5, UID FETCH section 6.4.8, RFC 3516 BINARY, RFC 7162
 MODSEQ and CHANGEDSINCE) as a part of `ImapSession` (a mixin: the session provides
 ``store``, ``sel``, ``condstore``, ``_enable_condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
-``_records``, ``_structure``, ``_remember_flags``, ``_announce_keywords`` and
-``send``), in bounded memory.
+``_records``, ``_structure``, ``_remember_flags``, ``_shown_flags``,
+``_announce_keywords`` and ``send``), in bounded memory.
 
 Invariants:
 
@@ -196,7 +196,7 @@ class FetchCommand:
                 structure = await self._structure(record) if needs_structure else None
                 items, source = await self._plan_message(attributes, record, structure)
                 if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
-                    items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                    items.append(("FLAGS", self._shown_flags(u, record.flags)))
                     if self.condstore and "MODSEQ" not in names:
                         items.append(("MODSEQ", r.encode_modseq(record.modseq)))
                 elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
@@ -233,7 +233,7 @@ class FetchCommand:
             if name == "UID":
                 items.append(("UID", r.encode_number(record.uid)))
             elif name == "FLAGS":
-                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                items.append(("FLAGS", self._shown_flags(record.uid, record.flags)))
             elif name == "INTERNALDATE":
                 items.append(("INTERNALDATE", r.encode_internal_date(record.internal_date)))
             elif name == "RFC822.SIZE":

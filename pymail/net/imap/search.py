@@ -175,10 +175,16 @@ class SearchContext:
             return not await self.matches(args[0])  # type: ignore[arg-type]
         if name == "OR":
             return await self.matches(args[0]) or await self.matches(args[1])  # type: ignore[arg-type]
-        if name in ("ALL", "OLD"):
+        if name == "ALL":
             return True
-        if name in ("RECENT", "NEW"):
-            return False
+        # RFC 3501 section 6.4.4: RECENT, NEW (recent and unseen), OLD (not recent)
+        recent = record.uid in self.session.sel.recent
+        if name == "RECENT":
+            return recent
+        if name == "NEW":
+            return recent and "\\seen" not in flags
+        if name == "OLD":
+            return not recent
         if name in FLAG_KEYS:
             flag, present = FLAG_KEYS[name]
             return (flag in flags) == present

@@ -475,6 +475,23 @@ class PostgresIndex:
             raise NotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0]), int(row[1])
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """See `Index.first_recent_uid`; the row lock makes the move atomic."""
+        if advance_to is None:
+            value = await self.db.fetchval(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = $1", mailbox_id)
+        else:
+            value = await self.db.execute_fetchval(
+                "UPDATE mailboxes m SET first_recent_uid = GREATEST(old.first_recent_uid, $2)"
+                " FROM (SELECT id, first_recent_uid FROM mailboxes WHERE id = $1 FOR UPDATE) old"
+                " WHERE m.id = old.id RETURNING old.first_recent_uid",
+                mailbox_id,
+                advance_to,
+            )
+        if value is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return int(value)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         """Counts for STATUS/SELECT (one statement, one snapshot); `NotFound`."""
         row = await self.db.fetchrow(_STATUS, mailbox_id)

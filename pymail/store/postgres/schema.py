@@ -298,12 +298,23 @@ _SUBSCRIPTIONS = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 6
+
+#: \\Recent (RFC 3501 section 2.3.2), as in SQLite step 7: `mailboxes.first_recent_uid`
+#: is the lowest UID no session that selected the mailbox has taken as \\Recent yet.
+_RECENT = _statements(
+    "ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS first_recent_uid BIGINT NOT NULL DEFAULT 1",
+    "UPDATE mailboxes SET first_recent_uid = uidnext",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "auth: failed logins and bans", _BANS),
     Migration(4, "queue: outbound messages and recipients", _QUEUE),
     Migration(5, "imap: subscriptions by name, kept when the mailbox goes", _SUBSCRIPTIONS),
+    Migration(6, "imap: \\Recent watermark per mailbox", _RECENT),
 )
 
 _MIGRATIONS_TABLE = """

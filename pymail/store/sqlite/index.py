@@ -357,6 +357,29 @@ class SqliteIndex:
             raise NotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0]), int(row[1])
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """See `Index.first_recent_uid`; the single writer makes the move atomic."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            return int(row[0])
+
+        if advance_to is None:
+            return await self.db.read(read)
+
+        def job(conn: sqlite3.Connection) -> int:
+            before = read(conn)
+            if advance_to > before:
+                conn.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?",
+                             (advance_to, mailbox_id))
+            return before
+
+        return await self.db.write(job)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
 

@@ -292,6 +292,18 @@ _SUBSCRIPTIONS = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 7
+
+#: \\Recent (RFC 3501 section 2.3.2): `mailboxes.first_recent_uid` is the lowest UID not
+#: yet seen by a session that selected the mailbox; the next SELECT (not EXAMINE) takes
+#: the messages from there as its \\Recent ones and moves it up to UIDNEXT (Dovecot's
+#: first_recent_uid).  The messages already stored are not recent.
+_RECENT = _statements(
+    "ALTER TABLE mailboxes ADD COLUMN first_recent_uid INTEGER NOT NULL DEFAULT 1",
+    "UPDATE mailboxes SET first_recent_uid = uidnext",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
@@ -299,6 +311,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "auth: failed logins and bans", _BANS),
     Migration(5, "queue: outbound messages and recipients", _QUEUE),
     Migration(6, "imap: subscriptions by name, kept when the mailbox goes", _SUBSCRIPTIONS),
+    Migration(7, "imap: \\Recent watermark per mailbox", _RECENT),
 )
 
 
