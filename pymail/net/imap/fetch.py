@@ -1,7 +1,7 @@
 """FETCH (RFC 3501 section 6.4.5, UID FETCH section 6.4.8, RFC 3516 BINARY, RFC 7162
 MODSEQ and CHANGEDSINCE) as a part of `ImapSession` (a mixin: the session provides
-``store``, ``sel``, ``condstore``, ``_enable_condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
-``_records``, ``_structure``, ``_remember_flags``, ``_shown_flags``,
+``store``, ``sel``, ``condstore``, ``_enable_condstore``, ``rev2``, ``fetch_sections``,
+``_resolve``, ``_records``, ``_structure``, ``_remember_flags``, ``_shown_flags``,
 ``_announce_keywords`` and ``send``), in bounded memory.
 
 Invariants:

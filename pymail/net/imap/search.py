@@ -36,7 +36,8 @@ from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.sections import HeaderFieldsFilter
 from pymail.proto.imap.search import (
-    FLAG_KEYS, SegmentSearch, address_texts, compare_date, esearch_modseq, header_text, text_segments, uses_key,
+    FLAG_KEYS, SegmentSearch, address_texts, compare_date, esearch_modseq, header_text,
+    text_segments, uses_key,
 )
 from pymail.proto.imap.types import Command, Search, SearchKey, SequenceSet
 from pymail.store import MessageRecord
