@@ -253,8 +253,26 @@ def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
         text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
         return binascii.a2b_base64(text + b"=" * (-len(text) % 4)) if text else b""
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(data)
+        return decode_quoted_printable(data)
     raise UnknownTransferEncoding(encoding)
+
+
+# RFC 2045 section 6.7 rule 3: "any TAB (HT) or SPACE characters on an encoded line
+# MUST thus be followed on that line by a printable character"; trailing ones were
+# added by a transport and are deleted when decoding.
+_QP_TRAILING_BLANKS = re.compile(rb"[ \t]+(?=\r?\n)")
+_QP_FINAL_BLANKS = re.compile(rb"[ \t]+\Z")
+
+
+def decode_quoted_printable(data: bytes, *, at_end: bool = True) -> bytes:
+    """Quoted-printable `data` decoded (RFC 2045 section 6.7): trailing blanks of each
+    line deleted (rule 3), so ``=`` followed by blanks at the end of a line is a soft
+    line break (rule 5); hard line breaks kept.  `at_end`: the data ends with the body
+    (its last line's trailing blanks are trailing too), not in the middle of a line."""
+    data = _QP_TRAILING_BLANKS.sub(b"", data)
+    if at_end:
+        data = _QP_FINAL_BLANKS.sub(b"", data)
+    return binascii.a2b_qp(data)
 
 
 def iter_text(raw: bytes, message: MessageStructure, *, headers: bool) -> Iterator[str]:

@@ -213,7 +213,7 @@ class Mailbox:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    subscribed: bool
+    subscribed: bool  #: a subscription of this name exists (see `Index.set_subscribed`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +325,14 @@ class Index(Protocol):
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """The lowest UID no session that selected the mailbox has taken as \\Recent
+        (RFC 3501 section 2.3.2).  With `advance_to` (a SELECT, or new mail reported to
+        a read-write session), moves it up to that UID, never down, in the same
+        transaction, and returns the value before: two sessions never both get a
+        message as \\Recent.  `NotFound` if the mailbox does not exist."""
+        ...
+
     async def mailbox_status(self, mailbox_id: int) -> "MailboxStatus":
         """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
         ...
@@ -336,18 +344,27 @@ class Index(Protocol):
 
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> Mailbox:
         """Rename a mailbox and its children (hierarchy separator "/"), keeping
-        UIDVALIDITY and messages.  Renaming INBOX moves its messages into a new mailbox
-        `new` and leaves INBOX empty (RFC 3501 section 6.3.5).  `NotFound`,
-        `AlreadyExists`."""
+        UIDVALIDITY and messages; their subscriptions move along.  Renaming INBOX moves
+        its messages into a new mailbox `new` (subscribed if INBOX is) and leaves INBOX
+        empty (RFC 3501 section 6.3.5).  `NotFound`, `AlreadyExists`."""
         ...
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         """Delete the mailbox and its message rows (their blobs become orphans for the
-        sweeper).  INBOX cannot be deleted (`ValueError`); `NotFound`."""
+        sweeper); its subscription stays (RFC 3501 section 6.3.4).  INBOX cannot be
+        deleted (`ValueError`); `NotFound`."""
         ...
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
-        """`NotFound` if there is no such mailbox."""
+        """Subscribe to or unsubscribe from a mailbox name (RFC 3501 sections 6.3.6-7).
+        Subscriptions are names: CREATE adds none (the default mailboxes are created
+        subscribed), DELETE removes none.  `NotFound` when subscribing to a name with no
+        mailbox, or unsubscribing from one with neither a mailbox nor a subscription."""
+        ...
+
+    async def list_subscriptions(self, user_id: int) -> list[str]:
+        """The names the user is subscribed to, sorted, whether or not a mailbox of
+        that name exists (LSUB, LIST (SUBSCRIBED): RFC 5258 section 3.1 \\NonExistent)."""
         ...
 
     async def store_flags(

@@ -110,12 +110,20 @@ def plan_flags(
             failed.append(int(uid))
             continue
         have = frozenset(text.split())
+        # Flag names are case-insensitive (RFC 3501 section 2.3.2): a flag the message
+        # has in another spelling is the same flag, and keeps the spelling it has.
         if mode == "add":
-            after = have | wanted
+            after = have | _case_folded_minus(wanted, have)
         elif mode == "remove":
-            after = have - wanted
+            after = _case_folded_minus(have, wanted)
         else:
             after = wanted
         if after != have:
             updates.append((int(uid), flags_to_text(after)))
     return updates, failed
+
+
+def _case_folded_minus(flags: frozenset[str], other: frozenset[str]) -> frozenset[str]:
+    """The flags of `flags` that are not in `other`, compared case-insensitively."""
+    folded = {flag.lower() for flag in other}
+    return frozenset(flag for flag in flags if flag.lower() not in folded)

@@ -111,6 +111,48 @@ async def test_set_subscribed(store: Store) -> None:
     assert (await store.index.get_mailbox(ann.id, "Sent")).subscribed
     with pytest.raises(NotFound):
         await store.index.set_subscribed(ann.id, "Nope", True)
+    with pytest.raises(NotFound):
+        await store.index.set_subscribed(ann.id, "Nope", False)
+
+
+async def test_subscriptions_are_names(store: Store) -> None:
+    # RFC 3501 sections 6.3.3-6.3.6: CREATE does not subscribe, DELETE does not
+    # unsubscribe, RENAME takes the subscriptions along
+    (ann,) = await _users(store, "ann")
+    await store.index.create_mailbox(ann.id, "Work")
+    await store.index.create_mailbox(ann.id, "Work/Old")
+    assert not (await store.index.get_mailbox(ann.id, "Work")).subscribed
+    assert "Work" not in await store.index.list_subscriptions(ann.id)
+    await store.index.set_subscribed(ann.id, "Work/Old", True)
+    await store.index.rename_mailbox(ann.id, "Work", "Job")
+    subscriptions = await store.index.list_subscriptions(ann.id)
+    assert "Job/Old" in subscriptions and "Work/Old" not in subscriptions
+    assert subscriptions == sorted(subscriptions)
+    await store.index.delete_mailbox(ann.id, "Job/Old")
+    assert "Job/Old" in await store.index.list_subscriptions(ann.id)
+    await store.index.create_mailbox(ann.id, "Job/Old")  # the name is subscribed again
+    assert (await store.index.get_mailbox(ann.id, "Job/Old")).subscribed
+    await store.index.delete_mailbox(ann.id, "Job/Old")
+    await store.index.set_subscribed(ann.id, "Job/Old", False)  # no mailbox, a subscription
+    assert "Job/Old" not in await store.index.list_subscriptions(ann.id)
+
+
+# --------------------------------------------------------------------------- \\Recent
+
+
+async def test_first_recent_uid_only_moves_up(store: Store) -> None:
+    # RFC 3501 section 2.3.2: the watermark a SELECT takes its \\Recent messages from
+    (ann,) = await _users(store, "ann")
+    box = await store.index.create_mailbox(ann.id, "Fresh")
+    assert await store.index.first_recent_uid(box.id) == 1
+    assert await store.index.first_recent_uid(box.id, 5) == 1
+    assert await store.index.first_recent_uid(box.id) == 5
+    assert await store.index.first_recent_uid(box.id, 3) == 5  # never down
+    assert await store.index.first_recent_uid(box.id) == 5
+    with pytest.raises(NotFound):
+        await store.index.first_recent_uid(box.id + 10_000)
+    with pytest.raises(NotFound):
+        await store.index.first_recent_uid(box.id + 10_000, 2)
 
 
 # --------------------------------------------------------------------------- rename

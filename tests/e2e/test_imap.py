@@ -180,6 +180,9 @@ def test_list_lsub_and_mailbox_management(server: PymailServer) -> None:
     assert lines[:-1] == [b'* LIST (\\HasChildren) "/" "Projects/2026"',
                           b'* LIST (\\HasNoChildren) "/" "Projects/2026/Q1"']
     assert b'* LIST (\\HasNoChildren) "/" "Caf&AOk-"' in transact(client, 'LIST "" "Caf*"')
+    # CREATE subscribes nothing (only SUBSCRIBE does, RFC 3501 section 6.3.6)
+    assert client.lsub('""', "Projects*")[1] == [None]
+    assert client.subscribe("Projects/2026")[0] == "OK"
     assert client.unsubscribe("Projects/2026/Q1")[0] == "OK"
     assert client.lsub('""', "Projects/2026/*")[1] == [None]
     lines = transact(client, 'LIST (SUBSCRIBED) "" "Projects/*"')
@@ -206,13 +209,13 @@ def test_smtp_delivery_fetched_byte_exact(server: PymailServer) -> None:
     client = server.imaps_client(ALICE)
     typ, data = client.select("INBOX")
     assert (typ, data) == ("OK", [b"1"])
-    assert client.untagged_responses.get("RECENT") == [b"0"]
+    assert client.untagged_responses.get("RECENT") == [b"1"]  # the first SELECT takes it (RFC 3501 2.3.2)
     assert client.untagged_responses["UIDVALIDITY"] and client.untagged_responses["UIDNEXT"] == [str(uid + 1).encode()]
     typ, data = client.fetch("1", "(UID RFC822.SIZE FLAGS BODY.PEEK[])")
     assert typ == "OK"
     meta, body = data[0]
     assert body == stored and stored.endswith(MESSAGE)
-    assert f"UID {uid} RFC822.SIZE {len(stored)} FLAGS ()".encode() in meta
+    assert f"UID {uid} RFC822.SIZE {len(stored)} FLAGS (\\Recent)".encode() in meta
     typ, data = client.fetch("1", "(ENVELOPE BODYSTRUCTURE)")
     text = fetch_items(data)
     assert b'"=?utf-8?q?caf=C3=A9?= report"' in text and b'"<m1@remote.example>"' in text
@@ -228,10 +231,10 @@ def test_smtp_delivery_fetched_byte_exact(server: PymailServer) -> None:
     _, data = client.fetch("1", "(RFC822.HEADER INTERNALDATE)")
     text = fetch_items(data)
     assert b"Message-ID: <m1@remote.example>\r\n" in text and b"boundary=\"b1\"\r\n\r\n INTERNALDATE \"" in text
-    assert client.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS ())"]  # PEEK left \Seen alone
+    assert client.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Recent))"]  # PEEK left \Seen alone
     # a non-PEEK body fetch sets \Seen and reports it
     _, data = client.fetch("1", "(BODY[TEXT])")
-    assert b"FLAGS (\\Seen)" in fetch_items(data)
+    assert b"FLAGS (\\Recent \\Seen)" in fetch_items(data)
     assert server.inbox(ALICE)[0][2] == frozenset({"\\Seen"})
     # RFC822 is the whole message too
     _, data = client.fetch("1", "RFC822")
@@ -246,9 +249,9 @@ def test_store_copy_move_append_expunge(server: PymailServer) -> None:
     client = server.imaps_client(ALICE)
     client.select("INBOX")
     assert client.store("1:2", "+FLAGS", "(\\Flagged $Important)")[1] == [
-        b"1 (FLAGS ($Important \\Flagged))", b"2 (FLAGS ($Important \\Flagged))"]
+        b"1 (FLAGS ($Important \\Flagged \\Recent))", b"2 (FLAGS ($Important \\Flagged \\Recent))"]
     assert client.store("2", "-FLAGS.SILENT", "($Important)")[1] == [None]
-    assert client.uid("STORE", "2", "FLAGS", "(\\Seen)")[1] == [b"2 (UID 2 FLAGS (\\Seen))"]
+    assert client.uid("STORE", "2", "FLAGS", "(\\Seen)")[1] == [b"2 (UID 2 FLAGS (\\Recent \\Seen))"]
     assert [m[2] for m in server.inbox(ALICE)] == [frozenset({"\\Flagged", "$Important"}), frozenset({"\\Seen"})]
 
     typ, data = client.copy("1:2", "Archive")
@@ -302,7 +305,7 @@ def test_search_and_status(server: PymailServer) -> None:
     client = server.imaps_client(ALICE)
     typ, data = client.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN RECENT SIZE HIGHESTMODSEQ)")
     assert typ == "OK"
-    assert re.fullmatch(rb'"INBOX" \(MESSAGES 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 2 RECENT 0 SIZE \d+ HIGHESTMODSEQ \d+\)',
+    assert re.fullmatch(rb'"INBOX" \(MESSAGES 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 2 RECENT 2 SIZE \d+ HIGHESTMODSEQ \d+\)',
                         data[0])
     client.select("INBOX")
     client.store("2", "+FLAGS", "(\\Seen \\Answered work)")
@@ -348,14 +351,15 @@ def test_second_session_sees_changes_with_noop_and_idle(server: PymailServer) ->
     assert watcher.readline() == b"+ idling\r\n"
     deliver(server)
     assert watcher.readline() == b"* 2 EXISTS\r\n"
+    assert watcher.readline() == b"* 2 RECENT\r\n"  # the selected session takes new mail
     other.noop()
     other.store("1", "+FLAGS", "(\\Flagged)")
-    assert watcher.readline() == b"* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n"
+    assert watcher.readline() == b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\n"
     other.store("1", "+FLAGS", "(\\Deleted)")
     other.expunge()
     line = watcher.readline()  # the \\Deleted flag may be seen before the expunge
     if line.startswith(b"* 1 FETCH"):
-        assert line == b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Flagged))\r\n"
+        assert line == b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Flagged \\Recent))\r\n"
         line = watcher.readline()
     assert line == b"* 1 EXPUNGE\r\n"
     watcher.send(b"DONE\r\n")

@@ -124,6 +124,10 @@ VALID = [
     (b'a LIST "" (INBOX %/%) RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n',
      Command("a", "LIST", List("", ("INBOX", "%/%"), (), ("CHILDREN", "STATUS"),
                                ("MESSAGES", "UNSEEN"), True))),
+    # RFC 3501 section 9 list-char: every ATOM-CHAR, "]" and the wildcards (imaptest atoms)
+    (b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n",
+     Command("a", "LIST", List("", ("!#$&'+,-.0123456789:;<=>?@^_`|[}%*",)))),
+    (b'a LIST (REMOTE RECURSIVEMATCH SUBSCRIBED) "" "*"\r\n', None),
     (b'a LSUB "" %\r\n', None),
     (b'a STATUS "Drafts" (UIDNEXT MESSAGES UNSEEN RECENT)\r\n', None),
     (b"a ENABLE UTF8=ACCEPT CONDSTORE\r\n", None),
@@ -342,6 +346,12 @@ MALFORMED = [
     b"a ENABLE\r\n",
     b"a ID (\"a\")\r\n",
     b"a LIST (RECURSIVEMATCH) \"\" *\r\n",
+    # RFC 5258 section 3: unknown options, RECURSIVEMATCH with only REMOTE (imaptest listext)
+    b"a LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n",
+    b"a LIST (X-BOGUS) \"\" *\r\n",
+    b"a LIST (SUBSCRIBED X-BOGUS) \"\" *\r\n",
+    b"a LIST \"\" * RETURN (X-BOGUS)\r\n",
+    b"a LIST (SUBSCRIBED) \"\" * RETURN (CHILDREN X-BOGUS)\r\n",
     b"a LIST \"\" * BOGUS (X)\r\n",
     b"a APPEND INBOX\r\n",
     b"a LOGIN ~{1}\r\nx x\r\n",

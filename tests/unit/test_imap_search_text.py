@@ -243,3 +243,29 @@ def test_a_known_message_by_bytes(needle, headers, found) -> None:
     assert reference_contains(raw, needle, headers=headers) is found
     for cuts in ([], [1, 2, 3, 50, 51, 200], list(range(0, 600, 7))):
         assert streamed_contains(raw, needle, cuts, headers=headers) is found, cuts
+
+
+def test_address_texts_see_through_comments() -> None:
+    # RFC 5322 section 3.4.1: CFWS around the "@" of an addr-spec (imaptest
+    # search-addresses); what SEARCH FROM matches besides the raw field
+    from pymail.mail.mime import parse_structure
+    from pymail.proto.imap.search import address_texts
+
+    message = parse_structure(
+        b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+        b"To: =?utf-8?q?J=C3=B6?= <jo@x.org>, group: a@b.example;\r\n\r\nbody\r\n")
+    assert address_texts(message.envelope.from_) == ["user-from@domain.org"]
+    assert address_texts(message.envelope.to) == ["jo@x.org", "Jö", "Jö <jo@x.org>", "a@b.example"]
+
+
+def test_esearch_modseq_is_that_of_the_returned_messages() -> None:
+    # RFC 7162 section 3.1.5 with RFC 4731 (imaptest esearch-condstore)
+    from pymail.proto.imap.search import esearch_modseq
+
+    modseqs = [7, 9, 4]
+    assert esearch_modseq(("MIN",), modseqs) == 7
+    assert esearch_modseq(("MAX",), modseqs) == 4
+    assert esearch_modseq(("MIN", "MAX"), modseqs) == 7
+    assert esearch_modseq(("MIN", "COUNT"), modseqs) == 9
+    assert esearch_modseq(None, modseqs) == 9
+    assert esearch_modseq(("MIN",), []) is None

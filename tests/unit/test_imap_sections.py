@@ -162,6 +162,8 @@ def test_the_decoder_equals_decode_transfer_encoding(case, cuts):
 @pytest.mark.parametrize(("encoding", "body"), [
     ("quoted-printable", b"caf=C3=A9 soft=\r\nbreak ==3D=\rskipped\nx=A=4\r\n=41=\n=\r"),
     ("quoted-printable", b"a===41=\r\n=\n=4=\r="),
+    # RFC 2045 section 6.7 rules 3 and 5: trailing blanks deleted, "=" + blanks a soft break
+    ("quoted-printable", b"a b \t\r\nsoft= \t\r\nbreak=\t\nend  "),
     ("base64", b"AAEC\r\nAw==\r\n!!QUJD\nRA"),
     ("base64", b"QQ==QQ==Q"),
     ("7bit", b"as it is\r\n"),

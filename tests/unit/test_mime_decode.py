@@ -86,3 +86,10 @@ def test_searchable_text() -> None:
     with_headers = list(iter_text(MESSAGE, structure, headers=True))
     assert any("Subject: inner" in text for text in with_headers)
     assert any("Subject: t" in text for text in with_headers)
+
+
+def test_quoted_printable_trailing_blanks() -> None:
+    # RFC 2045 section 6.7 rule 3 (trailing blanks deleted) and rule 5 ("=" then blanks
+    # at the line's end is a soft break); imaptest fetch-binary-mime-qp
+    body = b"trailing \t\r\nsoft=  \r\nbreak\r\nlast line  "
+    assert decode_transfer_encoding(body, "quoted-printable") == b"trailing\r\nsoftbreak\r\nlast line"

@@ -47,6 +47,7 @@ from pymail.delivery.transaction import ClientFacts, LocalTarget, Recipient, Tra
 from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.content import ContentMeter
 from pymail.proto.imap import responses as r
+from pymail.proto.imap.flags import keep_keyword_spelling
 from pymail.proto.imap.types import Append, Command
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ class AppendCommand:
         if space is not None and not space.room_for(args.size):
             # below storage.min_free_space: new mail waits, deleting still works
             raise Refusal(TEXT_NO_SPACE, r.OVERQUOTA)
-        flags = frozenset(f for f in (args.flags or ()) if f.lower() != "\\recent")
+        # system flags arrive canonical from the parser (RFC 3501 section 2.3.2)
+        flags = keep_keyword_spelling((f for f in (args.flags or ()) if f != "\\Recent"), ())
         now = _dt.datetime.now(_dt.timezone.utc)
         assert self.user is not None
         txn = Transaction(

@@ -1,7 +1,8 @@
 """FETCH (RFC 3501 section 6.4.5, UID FETCH section 6.4.8, RFC 3516 BINARY, RFC 7162
 MODSEQ and CHANGEDSINCE) as a part of `ImapSession` (a mixin: the session provides
-``store``, ``sel``, ``condstore``, ``rev2``, ``fetch_sections``, ``_resolve``,
-``_records``, ``_structure``, ``_remember_flags`` and ``send``), in bounded memory.
+``store``, ``sel``, ``condstore``, ``_enable_condstore``, ``rev2``, ``fetch_sections``,
+``_resolve``, ``_records``, ``_structure``, ``_remember_flags``, ``_shown_flags``,
+``_announce_keywords`` and ``send``), in bounded memory.
 
 Invariants:
 
@@ -23,6 +24,8 @@ Invariants:
   write buffer, however many sections or messages it asks for.
 * Small responses are gathered across messages and sent in pieces of about
   `SEND_CHUNK`; the complete ones are sent before a failure is answered.
+* No ``{n}`` literal holds NUL: BODY[] and RFC822 values send it as `NUL_STAND_IN`,
+  BINARY values that hold one go as ``~{n}`` literal8 (RFC 3516 section 4.2).
 * Once a literal has started, a failure of the blob store (or a blob shorter than its
   index row) cannot be answered in the protocol: the connection is closed, logged.
 """
@@ -133,6 +136,13 @@ class FetchOutput:
             await self.session.send(data)
 
 
+#: What a NUL in a BODY[] / RFC822 value is sent as.  A literal is CHAR8, NUL excluded
+#: (RFC 3501 section 9), and only BINARY may use literal8 (RFC 3516 section 4.2); the
+#: octets of a "Content-Transfer-Encoding: binary" part are what they are, so the NUL is
+#: replaced octet for octet (the length stays), as Dovecot does.  BINARY[] sends it as
+#: it is, in a ``~{n}`` literal8.
+NUL_STAND_IN = b"\x80"
+
 #: A planned section value: the plan, the value's length and whether it holds NUL.
 _Planned = tuple[SectionPlan, int, bool]
 
@@ -152,7 +162,7 @@ class FetchCommand:
         if sum(1 for a in attributes if is_section(a)) > self.fetch_sections:
             raise bad(TEXT_TOO_MANY_SECTIONS)
         if args.changed_since is not None or "MODSEQ" in names:
-            self.condstore = True  # a CONDSTORE enabling command (RFC 7162 section 3.1)
+            await self._enable_condstore()  # a CONDSTORE enabling command (RFC 7162 3.1)
             if "MODSEQ" not in names:
                 attributes.append(FetchAttribute("MODSEQ"))
                 names.add("MODSEQ")
@@ -176,6 +186,9 @@ class FetchCommand:
                 update = await self.store.index.store_flags(sel.id, unseen, frozenset({"\\Seen"}), "add")
                 for record in update.changed:
                     records[record.uid] = record
+        announcement = self._announce_keywords(records[u].flags for _, u in targets)
+        if announcement:  # RFC 3501 section 7.2.6: FLAGS before a FETCH shows a new keyword
+            await self.send(announcement)
         output = FetchOutput(self)
         try:
             for seq, u in targets:
@@ -183,7 +196,7 @@ class FetchCommand:
                 structure = await self._structure(record) if needs_structure else None
                 items, source = await self._plan_message(attributes, record, structure)
                 if sets_seen and "FLAGS" not in names and sel.flags.get(u) != record.flags:
-                    items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                    items.append(("FLAGS", self._shown_flags(u, record.flags)))
                     if self.condstore and "MODSEQ" not in names:
                         items.append(("MODSEQ", r.encode_modseq(record.modseq)))
                 elif self.condstore and "FLAGS" in names and "MODSEQ" not in names:
@@ -220,7 +233,7 @@ class FetchCommand:
             if name == "UID":
                 items.append(("UID", r.encode_number(record.uid)))
             elif name == "FLAGS":
-                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                items.append(("FLAGS", self._shown_flags(record.uid, record.flags)))
             elif name == "INTERNALDATE":
                 items.append(("INTERNALDATE", r.encode_internal_date(record.internal_date)))
             elif name == "RFC822.SIZE":
@@ -260,6 +273,8 @@ class FetchCommand:
                 sent = 0
                 async for piece in _value_pieces(plan, source):
                     sent += len(piece)
+                    if not plan.binary and b"\x00" in piece:
+                        piece = piece.replace(b"\x00", NUL_STAND_IN)
                     await output.send_chunk(piece)
                 if sent != length:
                     raise BrokenBlob(f"section of blob {source.key} changed length")

@@ -146,10 +146,18 @@ class MailboxCommands:
     def _patterns(reference: str, patterns: list[str] | tuple[str, ...]) -> list[ListPattern]:
         if len(patterns) > MAX_LIST_PATTERNS:
             raise bad("Too many patterns")
-        try:
-            return [ListPattern(canonical_pattern(reference, p)) for p in patterns if p]
-        except ValueError:
-            raise bad("Invalid mailbox name") from None
+        # RFC 5258 section 3: "Any syntactically valid pattern that is not accepted by a
+        # server for any reason MUST be treated as non-matching" -- a pattern that is
+        # not valid modified UTF-7 (``&'+,-``, imaptest's atoms group) matches nothing.
+        out = []
+        for pattern in patterns:
+            if not pattern:
+                continue
+            try:
+                out.append(ListPattern(canonical_pattern(reference, pattern)))
+            except ValueError:
+                continue
+        return out
 
     async def _flush(self: ImapSession, out: bytearray, *, force: bool = False) -> None:
         """Send what is ready once it is a piece's worth (or at the end)."""
@@ -165,18 +173,25 @@ class MailboxCommands:
         assert isinstance(args, List)
         select = set(args.selection_options)
         returns = set(args.return_options)
-        if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH"}:
-            raise bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 section 3
+        select.discard("REMOTE")  # RFC 5258 section 3.1: no remote mailboxes here
         if len(args.patterns) == 1 and args.patterns[0] == "" and not args.extended:
             # the hierarchy delimiter and root (RFC 3501 section 6.3.8)
             await self.send(r.list_response(["\\Noselect"], DELIMITER, ""))
             return "LIST completed"
         patterns = self._patterns(args.reference, args.patterns)
         boxes = {b.name: b for b in await self.store.index.list_mailboxes(self.user_id)}
-        tree = mailbox_tree(boxes)
+        subscriptions = {n for n, b in boxes.items() if b.subscribed}
+        listed = set(boxes)
+        if "SUBSCRIBED" in select:
+            # RFC 5258 section 3.1: a subscribed name without a mailbox (DELETE keeps the
+            # subscription, RFC 3501 section 6.3.4) is listed, \NonExistent
+            subscriptions = set(await self.store.index.list_subscriptions(self.user_id))
+            listed |= subscriptions
+        tree = mailbox_tree(listed)
 
-        def selected_by_options(box: Mailbox | None) -> bool:
-            if "SUBSCRIBED" in select and (box is None or not box.subscribed):
+        def selected_by_options(name: str) -> bool:
+            box = boxes.get(name)
+            if "SUBSCRIBED" in select and name not in subscriptions:
                 return False
             if "SPECIAL-USE" in select and (box is None or not box.special_use):
                 return False
@@ -186,7 +201,7 @@ class MailboxCommands:
         # descendants meets the selection criteria, with CHILDINFO naming them.
         child_info: set[str] = set()
         if "RECURSIVEMATCH" in select:
-            child_info = superiors(n for n, b in boxes.items() if selected_by_options(b))
+            child_info = superiors(n for n in listed if selected_by_options(n))
         out = bytearray()
         work = 0
         for entry in tree:
@@ -198,10 +213,10 @@ class MailboxCommands:
             if not any(p.matches(name) for p in patterns):
                 continue
             box = boxes.get(name)
-            meets = selected_by_options(box)
+            meets = selected_by_options(name)
             if not meets and name not in child_info:
                 continue
-            subscribed = box is not None and box.subscribed
+            subscribed = name in subscriptions
             attrs = ["\\HasChildren" if entry.has_children else "\\HasNoChildren"]
             if box is None:
                 attrs.insert(0, "\\NonExistent" if args.extended or self.rev2 else "\\Noselect")
@@ -226,12 +241,13 @@ class MailboxCommands:
         assert isinstance(args, Lsub)
         patterns = self._patterns(args.reference, [args.pattern])
         boxes = {b.name: b for b in await self.store.index.list_mailboxes(self.user_id)}
+        subscriptions = set(await self.store.index.list_subscriptions(self.user_id))
         # RFC 3501 section 6.3.9: a "%" match that is not subscribed itself but has
         # subscribed children is returned with \Noselect.
-        with_subscribed_children = superiors(n for n, b in boxes.items() if b.subscribed)
+        with_subscribed_children = superiors(subscriptions)
         out = bytearray()
         work = 0
-        for entry in mailbox_tree(boxes):
+        for entry in mailbox_tree(set(boxes) | subscriptions):
             name = entry.name
             work += len(name) + NAME_COST
             if work > YIELD_AFTER:
@@ -240,13 +256,15 @@ class MailboxCommands:
             if not patterns or not patterns[0].matches(name):
                 continue
             box = boxes.get(name)
-            if box is None or not box.subscribed:
+            if name not in subscriptions:
                 if "%" in args.pattern and name in with_subscribed_children:
                     out += r.list_response(["\\Noselect"], DELIMITER, name, command="LSUB",
                                            utf8=self.rev2)
                 continue
             attrs = ["\\HasChildren" if entry.has_children else "\\HasNoChildren"]
-            if box.special_use:
+            if box is None:  # subscribed, its mailbox deleted (RFC 3501 section 6.3.4)
+                attrs.insert(0, "\\Noselect")
+            elif box.special_use:
                 attrs.append(box.special_use)
             out += r.list_response(attrs, DELIMITER, name, command="LSUB", utf8=self.rev2)
             await self._flush(out)

@@ -36,7 +36,8 @@ from pymail.net.imap.refusals import Refusal, bad
 from pymail.proto.imap import responses as r
 from pymail.proto.imap.sections import HeaderFieldsFilter
 from pymail.proto.imap.search import (
-    FLAG_KEYS, SegmentSearch, compare_date, header_text, text_segments, uses_key,
+    FLAG_KEYS, SegmentSearch, address_texts, compare_date, esearch_modseq, header_text,
+    text_segments, uses_key,
 )
 from pymail.proto.imap.types import Command, Search, SearchKey, SequenceSet
 from pymail.store import MessageRecord
@@ -71,7 +72,7 @@ class SearchCommand:
             options = ("ALL",)
         uses_modseq = uses_key(args.key, "MODSEQ")
         if uses_modseq:
-            self.condstore = True
+            await self._enable_condstore()  # RFC 7162 section 3.1
         sel = self.sel
         matched: list[tuple[int, int]] = []  # (sequence number, UID)
         largest_uid = sel.uids[-1] if sel.uids else 0
@@ -95,7 +96,9 @@ class SearchCommand:
                 sel.saved = []  # RFC 5182 section 2.1: a failed SAVE search empties $
             raise
         numbers = [u if command.uid else seq for seq, u in matched]
-        highest = max((records[u].modseq for _, u in matched), default=None) if uses_modseq else None
+        highest = None
+        if uses_modseq:  # RFC 7162 section 3.1.5; with ESEARCH, of the returned ones only
+            highest = esearch_modseq(options, [records[u].modseq for _, u in matched])
         if options is None:
             await self.send(r.search_response(numbers, modseq=highest))
             return "SEARCH completed"
@@ -173,10 +176,16 @@ class SearchContext:
             return not await self.matches(args[0])  # type: ignore[arg-type]
         if name == "OR":
             return await self.matches(args[0]) or await self.matches(args[1])  # type: ignore[arg-type]
-        if name in ("ALL", "OLD"):
+        if name == "ALL":
             return True
-        if name in ("RECENT", "NEW"):
-            return False
+        # RFC 3501 section 6.4.4: RECENT, NEW (recent and unseen), OLD (not recent)
+        recent = record.uid in self.session.sel.recent
+        if name == "RECENT":
+            return recent
+        if name == "NEW":
+            return recent and "\\seen" not in flags
+        if name == "OLD":
+            return not recent
         if name in FLAG_KEYS:
             flag, present = FLAG_KEYS[name]
             return (flag in flags) == present
@@ -211,7 +220,9 @@ class SearchContext:
             except (TypeError, ValueError, IndexError):
                 sent = None
             return sent is not None and compare_date(name[4:], sent, args[0])  # type: ignore[arg-type]
-        if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        if name in ("FROM", "TO", "CC", "BCC"):
+            return await self._address_contains(name, str(args[0]))
+        if name == "SUBJECT":
             return await self._header_contains(name, str(args[0]))
         if name == "HEADER":
             return await self._header_contains(str(args[0]), str(args[1]))
@@ -235,6 +246,17 @@ class SearchContext:
             if found or search.finish():
                 return True
         return False
+
+    async def _address_contains(self, field_name: str, needle: str) -> bool:
+        """FROM / TO / CC / BCC: the raw field, or an address of it as ENVELOPE parses
+        it (`address_texts`: comments inside an addr-spec do not hide it)."""
+        if await self._header_contains(field_name, needle):
+            return True
+        structure, _ = await self._message()
+        attribute = "from_" if field_name == "FROM" else field_name.lower()
+        folded = needle.casefold()
+        return any(folded in text.casefold()
+                   for text in address_texts(getattr(structure.envelope, attribute)))
 
     async def _header_contains(self, field_name: str, needle: str) -> bool:
         values = await self.header_values(field_name)

@@ -36,8 +36,11 @@ Invariants:
 * A COPY or MOVE that went through is told to the session's `CopyObserver` (spam
   training), if there is one and it `wants` the pair of mailboxes: after the index
   commit, never instead of it, and a failure there does not change the command's OK.
-* \\Recent is not kept: RECENT is always 0 and the RECENT search key matches nothing, as
-  RFC 9051 allows.  Client-facing texts are generic; details go to the log.
+* \\Recent (RFC 3501 section 2.3.2) comes from the mailbox's ``first_recent_uid``
+  watermark: a SELECT takes the messages from there as its \\Recent ones (``recent``)
+  and moves it to UIDNEXT, as does a read-write session for new mail it reports; an
+  EXAMINE sees them without taking them.  Under IMAP4rev2 \\Recent is not shown (RFC
+  9051 removed it).  Client-facing texts are generic; details go to the log.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import responses as r
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.flags import SYSTEM_FLAGS, keep_keyword_spelling, new_keywords
 from pymail.proto.imap.names import DELIMITER, MailboxLimits
 from pymail.proto.imap.reader import ContinuationLine, IdleDone
 from pymail.proto.imap.states import ConnectionState, command_allowed
@@ -81,7 +85,6 @@ from pymail.store.interfaces import is_no_space
 
 log = logging.getLogger("pymail.imap")
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 MAX_AUTH_FAILURES = 3
 
 # Capabilities (RFC 3501 section 6.1.1) -- only what this module implements.
@@ -168,6 +171,7 @@ class SelectedMailbox:
     keywords: set[str] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)  #: SEARCH RETURN (SAVE) UIDs (RFC 5182)
     gone: set[int] = field(default_factory=set)  #: expunged, EXPUNGE not sent yet (ghosts)
+    recent: set[int] = field(default_factory=set)  #: UIDs \\Recent in this session
 
     @property
     def id(self) -> int:
@@ -428,13 +432,25 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         for name in args.capabilities:
             wanted = name.upper()
             if wanted == "CONDSTORE" and not self.condstore:
-                self.condstore = True
+                await self._enable_condstore()
                 enabled.append("CONDSTORE")
             elif wanted == "IMAP4REV2" and not self.rev2:
                 self.rev2 = True
                 enabled.append("IMAP4rev2")
         await self.send(r.enabled_response(enabled))
         return "ENABLE completed"
+
+    async def _enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 section 3.1).  The first one in the
+        selected state is told with an untagged OK [HIGHESTMODSEQ] (sections 3.1.2 and
+        3.1.4: the client now tracks mod-sequences and needs the mailbox's), as
+        Dovecot does; SELECT (CONDSTORE) says it in the SELECT responses."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            await self.send(r.untagged_status(
+                r.STATUS_OK, "Highest", r.code_highestmodseq(self.selected.highestmodseq)))
 
     async def _mailbox(self, raw_name: str) -> Mailbox:
         box = await self.store.index.get_mailbox(self.user_id, self._name(raw_name))
@@ -465,13 +481,18 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
             uidnext=box.uidnext, highestmodseq=box.highestmodseq,
         )
         sel.keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
+        # RFC 3501 section 2.3.2: the first session to select takes the new messages as
+        # \\Recent (EXAMINE only looks); up to the newest UID it lists, or UIDNEXT
+        upto = max(box.uidnext, rows[-1].uid + 1 if rows else 1)
+        first_recent = await self.store.index.first_recent_uid(box.id, None if read_only else upto)
+        sel.recent = {m.uid for m in rows if m.uid >= first_recent}
         first_unseen = next((i + 1 for i, m in enumerate(rows) if "\\Seen" not in m.flags), None)
         out = [r.flags_response(self._flag_list(sel)), r.exists_response(len(rows))]
         if self.rev2:  # RFC 9051 section 6.3.2: LIST instead of RECENT and UNSEEN
             attrs = [box.special_use] if box.special_use else []
             out.append(r.list_response(attrs, DELIMITER, box.name, utf8=True))
         else:
-            out.append(r.recent_response(0))
+            out.append(r.recent_response(len(sel.recent)))
             if first_unseen is not None:
                 out.append(r.untagged_status(r.STATUS_OK, "First unseen", r.code_unseen(first_unseen)))
         permanent = [] if read_only else [*self._flag_list(sel), "\\*"]
@@ -492,6 +513,21 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
     def _flag_list(sel: SelectedMailbox) -> list[str]:
         return [*SYSTEM_FLAGS, *sorted(sel.keywords)]
 
+    def _announce_keywords(self, flag_sets) -> bytes:
+        """Untagged FLAGS and PERMANENTFLAGS naming the keywords of `flag_sets` the
+        client has not been told of, to send before a FETCH shows them (RFC 3501
+        section 7.2.6); b"" when there are none."""
+        sel = self.sel
+        new = new_keywords(flag_sets, sel.keywords)
+        if not new:
+            return b""
+        sel.keywords |= new
+        out = r.flags_response(self._flag_list(sel))
+        if not sel.read_only:
+            permanent = [*self._flag_list(sel), "\\*"]
+            out += r.untagged_status(r.STATUS_OK, "Flags permitted", r.code_permanentflags(permanent))
+        return out
+
     async def cmd_status(self, command: Command):
         # RFC 3501 section 6.3.10, RFC 8438 SIZE, RFC 7162 HIGHESTMODSEQ, RFC 7889
         # APPENDLIMIT.
@@ -504,10 +540,16 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
 
     async def _status_values(self, box: Mailbox, items: tuple[str, ...]) -> list[tuple[str, int]]:
         if "HIGHESTMODSEQ" in items:
-            self.condstore = True  # RFC 7162 section 3.1: a CONDSTORE enabling command
+            await self._enable_condstore()  # RFC 7162 section 3.1: a CONDSTORE enabling command
         status = await self.store.index.mailbox_status(box.id)
+        recent = 0
+        if "RECENT" in items:  # the messages no SELECT has taken yet (RFC 3501 2.3.2)
+            first_recent = await self.store.index.first_recent_uid(box.id)
+            recent = len(await self.store.index.list_messages(box.id, first_recent))
+            if self.selected is not None and self.selected.id == box.id:
+                recent = max(recent, len(self.selected.recent))
         values = {
-            "MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.mailbox.uidnext,
+            "MESSAGES": status.messages, "RECENT": recent, "UIDNEXT": status.mailbox.uidnext,
             "UIDVALIDITY": status.mailbox.uidvalidity, "UNSEEN": status.unseen,
             "DELETED": status.deleted, "SIZE": status.size,
             "HIGHESTMODSEQ": status.mailbox.highestmodseq, "APPENDLIMIT": self.append_limit,
@@ -663,6 +705,13 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
             self._structures[record.blob_key] = structure
         return structure
 
+    def _shown_flags(self, uid: int, flags: frozenset[str]) -> bytes:
+        """FETCH FLAGS of `uid`: the stored flags, and \\Recent if this session has it
+        as recent (RFC 3501 section 2.3.2; not under IMAP4rev2, RFC 9051)."""
+        if uid in self.sel.recent and not self.rev2:
+            return r.encode_flag_list(sorted(flags | {"\\Recent"}))
+        return r.encode_flag_list(sorted(flags))
+
     def _remember_flags(self, uid: int, flags: frozenset[str]) -> None:
         """The flags of `uid` as just reported to the client."""
         self.sel.flags[uid] = _shared_flags(flags)
@@ -675,11 +724,13 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
         if sel.read_only:
             raise _No(TEXT_READ_ONLY)
         if args.unchanged_since is not None:
-            self.condstore = True
+            await self._enable_condstore()
         resolved = self._resolve(args.sequence_set, command.uid)
         records = await self._records([u for _, u in resolved])
         targets = [(seq, u) for seq, u in resolved if u in records]
-        flags = frozenset(f for f in args.flags if f.lower() != "\\recent")
+        # system flags arrive canonical (the parser); a keyword takes the spelling the
+        # mailbox already uses (flags are case-insensitive, RFC 3501 section 2.3.2)
+        flags = keep_keyword_spelling((f for f in args.flags if f != "\\Recent"), sel.keywords)
         mode = {"": "replace", "+": "add", "-": "remove"}[args.mode]
         changed: set[int] = set()
         failed: list[int] = []
@@ -690,16 +741,15 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
                 records[record.uid] = record
                 changed.add(record.uid)
             failed = list(update.failed)
-        sel.keywords.update(f for f in flags if not f.startswith("\\"))
         refused = set(failed)
-        out = []
+        out = [self._announce_keywords(records[u].flags for _, u in targets if u not in refused)]
         for seq, u in targets:
             if u in refused:
                 continue
             record = records[u]
             items = []
             if not args.silent:
-                items.append(("FLAGS", r.encode_flag_list(sorted(record.flags))))
+                items.append(("FLAGS", self._shown_flags(u, record.flags)))
             if self.condstore and (not args.silent or (args.unchanged_since is not None and u in changed)):
                 # RFC 7162 section 3.1.3: with UNCHANGEDSINCE, FETCH MODSEQ even if .SILENT
                 items.append(("MODSEQ", r.encode_modseq(record.modseq)))
@@ -815,30 +865,36 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
             else:  # descending order keeps the lower sequence numbers valid
                 out.append(r.expunge_response(position + 1))
                 sel.flags.pop(u, None)
+                sel.recent.discard(u)
                 sel.gone.discard(u)
         kept.reverse()
         newest = kept[-1] if kept else 0
         new = [m.uid for m in rows if m.uid > newest]
         sel.uids = kept + new
-        keywords = {f for m in rows for f in m.flags if not f.startswith("\\")}
-        if not keywords <= sel.keywords:
-            sel.keywords |= keywords
-            out.append(r.flags_response(self._flag_list(sel)))
+        out.append(self._announce_keywords(m.flags for m in rows))
         if new:
+            # new mail: \\Recent here if no other session took it first (RFC 3501 2.3.2)
+            first_recent = await self.store.index.first_recent_uid(
+                sel.id, None if sel.read_only else new[-1] + 1)
+            recent_before = len(sel.recent)
+            sel.recent.update(u for u in new if u >= first_recent)
             out.append(r.exists_response(len(sel.uids)))
+            if len(sel.recent) != recent_before and not self.rev2:  # RFC 3501 section 7.3.2
+                out.append(r.recent_response(len(sel.recent)))
             for u in new:
                 sel.flags[u] = _shared_flags(fresh[u].flags)
         for position, u in enumerate(sel.uids):
             record = fresh.get(u)
             if record is not None and sel.flags.get(u) != record.flags:
                 sel.flags[u] = _shared_flags(record.flags)
-                items = [("UID", r.encode_number(u)), ("FLAGS", r.encode_flag_list(sorted(record.flags)))]
+                items = [("UID", r.encode_number(u)), ("FLAGS", self._shown_flags(u, record.flags))]
                 if self.condstore:  # RFC 7162 section 3.1.4.1
                     items.append(("MODSEQ", r.encode_modseq(record.modseq)))
                 out.append(r.fetch_response(position + 1, items))
         sel.highestmodseq, sel.uidnext = box.highestmodseq, box.uidnext
-        if out:
-            await self.send(b"".join(out))
+        data = b"".join(out)
+        if data:
+            await self.send(data)
 
     HANDLERS: dict[str, Callable[["ImapSession", Command], Awaitable[object]]] = {}
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pymail.proto.imap import errors
 from pymail.proto.imap.errors import BadCommand
+from pymail.proto.imap.flags import canonical_flag
 from pymail.proto.imap.states import ALL_COMMANDS, UID_COMMANDS
 from pymail.proto.imap.types import (
     Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota,
@@ -270,9 +271,11 @@ class _Cursor:
         return value
 
     def flag(self) -> str:
-        # flag = "\" atom / flag-keyword (RFC 3501 section 9); "\*" only in PERMANENTFLAGS
+        # flag = "\" atom / flag-keyword (RFC 3501 section 9); "\*" only in PERMANENTFLAGS.
+        # System flags come out in their canonical spelling: flag names are
+        # case-insensitive (RFC 3501 section 2.3.2), so "\deleted" is "\Deleted".
         if self.accept(b"\\"):
-            return "\\" + self.atom()
+            return canonical_flag("\\" + self.atom())
         return self.atom()
 
     def flag_list(self) -> tuple[str, ...]:
@@ -464,6 +467,13 @@ def _status_items(c: _Cursor) -> tuple[str, ...]:
     return items
 
 
+#: LIST selection options (RFC 5258 section 3.1; SPECIAL-USE RFC 6154 section 5.1;
+#: REMOTE is accepted and means nothing here: there are no remote mailboxes).
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+#: LIST return options (RFC 5258 section 3.2; SPECIAL-USE RFC 6154; STATUS RFC 5819).
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
 def _parse_list(c: _Cursor) -> List:
     # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]
     # (RFC 5258 section 6)
@@ -473,8 +483,12 @@ def _parse_list(c: _Cursor) -> List:
     if c.peek() == 0x28:
         extended = True
         selection = c.paren_list(lambda: c.atom().upper())
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            raise _SyntaxError("RECURSIVEMATCH alone")  # RFC 5258 section 3.1
+        # RFC 5258 section 3: an unrecognised selection option is BAD, and so is
+        # RECURSIVEMATCH without another one (REMOTE does not count, section 3.1).
+        if not set(selection) <= LIST_SELECTION_OPTIONS:
+            raise _SyntaxError("unknown LIST selection option")
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            raise _SyntaxError("RECURSIVEMATCH alone")
         c.sp()
     reference = c.mailbox()
     c.sp()
@@ -496,6 +510,8 @@ def _parse_list(c: _Cursor) -> List:
         def return_option() -> str:
             nonlocal status_items
             name = c.atom().upper()
+            if name not in LIST_RETURN_OPTIONS:  # RFC 5258 section 3: BAD
+                raise _SyntaxError("unknown LIST return option")
             if name == "STATUS":  # RFC 5819 section 2
                 c.sp()
                 status_items = _status_items(c)

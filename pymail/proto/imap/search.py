@@ -43,15 +43,17 @@ import datetime as _dt
 import email.header
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymail.mail.charsets import text_charset, text_decoder
-from pymail.mail.mime import MessageStructure, UnknownTransferEncoding
+from pymail.mail.mime import Address, MessageStructure, UnknownTransferEncoding
 from pymail.proto.imap.sections import TransferDecoder
 from pymail.proto.imap.types import SearchKey
 
 __all__ = [
-    "FLAG_KEYS", "RUN_HOLD", "SegmentSearch", "TextMatcher", "TextSegment", "compare_date",
+    "FLAG_KEYS", "RUN_HOLD", "SegmentSearch", "TextMatcher", "TextSegment", "address_texts",
+    "compare_date", "esearch_modseq",
     "header_text", "text_segments", "unfold", "uses_key",
 ]
 
@@ -256,6 +258,37 @@ def header_text(value: bytes) -> str:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:  # malformed encoded words: search the raw text
         return text
+
+
+def address_texts(addresses: Iterable[Address]) -> list[str]:
+    """What SEARCH FROM/TO/CC/BCC also match besides the raw field: each address as
+    ENVELOPE parses it (RFC 3501 section 7.4.2), ``mailbox@host`` and the display name
+    with RFC 2047 words decoded, so comments and blanks inside an addr-spec
+    (``<user-from (comment)@ (comment) domain.org>``, RFC 5322 section 3.4.1 CFWS) do
+    not hide it.  Group markers are skipped."""
+    out = []
+    for address in addresses:
+        if address.mailbox is None or address.host is None:
+            continue
+        spec = f"{address.mailbox}@{address.host}" if address.host else address.mailbox
+        out.append(spec)
+        if address.name:
+            name = header_text(address.name.encode("utf-8", "surrogateescape"))
+            out += [name, f"{name} <{spec}>"]
+    return out
+
+
+def esearch_modseq(options: tuple[str, ...] | None, modseqs: list[int]) -> int | None:
+    """The MODSEQ a SEARCH with the MODSEQ key reports, for the matches' mod-sequences in
+    sequence order (None: nothing matched).  RFC 7162 section 3.1.5: the highest of the
+    messages *returned*; with RETURN (MIN) and/or (MAX) alone (RFC 4731 section 3.1)
+    only those are returned, so it is theirs, not the highest of every match."""
+    if not modseqs:
+        return None
+    if options is not None and set(options) & {"MIN", "MAX"} and not set(options) & {"ALL", "COUNT"}:
+        ends = ([modseqs[0]] if "MIN" in options else []) + ([modseqs[-1]] if "MAX" in options else [])
+        return max(ends)
+    return max(modseqs)
 
 
 def uses_key(key: SearchKey, name: str) -> bool:

@@ -27,12 +27,18 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from pymail.mail.mime import IDENTITY_ENCODINGS, MessageStructure, UnknownTransferEncoding
+from pymail.mail.mime import (
+    IDENTITY_ENCODINGS, MessageStructure, UnknownTransferEncoding, decode_quoted_printable,
+)
 from pymail.proto.imap.responses import fetch_item_name, section_spec_text
 from pymail.proto.imap.types import FetchAttribute, Section
 
 #: Octets of one line a transform holds at most before deciding what to do with it.
 LINE_HOLD = 64 * 1024
+#: Blanks in a row the quoted-printable decoder holds on a long line, not knowing yet
+#: whether they end it (and are deleted, RFC 2045 section 6.7 rule 3); a longer run is
+#: kept even if the line ends right after it.
+BLANK_HOLD = 64 * 1024
 
 # SectionPlan.transform values
 HEADER_FIELDS = "HEADER.FIELDS"
@@ -268,15 +274,17 @@ class HeaderFieldsFilter:
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
-# a2b_qp's tokens on a line: "=\r" starts a soft break that runs to the LF, "==" is "=",
-# "=HH" a byte, a lone "=" itself, anything else itself
-_QP_TOKENS = re.compile(rb"=\r|==|=[0-9A-Fa-f]{2}|=|[^=]+")
+# a2b_qp's tokens on a line: "=" and blanks then "\r" start a soft break that runs to the
+# LF (RFC 2045 section 6.7 rule 5), "==" is "=", "=HH" a byte, a lone "=" itself, a run
+# of blanks (deleted if it ends the line, rule 3), anything else itself
+_QP_TOKENS = re.compile(rb"=[ \t]*\r|==|=[0-9A-Fa-f]{2}|=|[ \t]+|[^= \t]+")
 
 
 class TransferDecoder:
     """A body fed in chunks with its Content-Transfer-Encoding removed: the output of
     `mail.mime.decode_transfer_encoding` on the whole body (base64 ignores characters
-    outside the alphabet and missing padding; quoted-printable as ``binascii.a2b_qp``)."""
+    outside the alphabet and missing padding; quoted-printable as
+    `mail.mime.decode_quoted_printable`, RFC 2045 section 6.7)."""
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding.lower()
@@ -307,22 +315,29 @@ class TransferDecoder:
         if cut == 0 and len(text) > LINE_HOLD:
             return self._cut_long_line(text)
         self._carry = text[cut:]
-        return binascii.a2b_qp(text[:cut]) if cut else b""
+        return decode_quoted_printable(text[:cut]) if cut else b""
 
     def _cut_long_line(self, text: bytes) -> bytes:
         """A line past LINE_HOLD without LF: decode it up to its last token that cannot
-        change with more input (or up to a soft break, which a2b_qp skips to the LF)."""
+        change with more input (or up to a soft break, which a2b_qp skips to the LF).
+        Blanks at the end wait: they are deleted if the line ends there (RFC 2045
+        section 6.7 rule 3), unless they alone run past BLANK_HOLD."""
         cut = 0
         for token in _QP_TOKENS.finditer(text):
             value = token.group()
-            if value == b"=\r":
+            if value.startswith(b"=") and value.endswith(b"\r"):
                 self._skipping, self._carry = True, b""
-                return binascii.a2b_qp(text[:token.start()])
+                return decode_quoted_printable(text[:token.start()], at_end=False)
             if value == b"=" and token.start() + 3 > len(text):
                 break  # a lone "=" near the end may still become "=HH", "==" or "=\r"
+            rest = len(text) - token.end()
+            if value == b"=" and rest <= BLANK_HOLD and not text[token.end():].strip(b" \t"):
+                break  # "=" and blanks so far: may still be a soft break
+            if value[:1] in b" \t" and rest == 0 and len(value) <= BLANK_HOLD:
+                break  # trailing blanks so far
             cut = token.end()
         self._carry = text[cut:]
-        return binascii.a2b_qp(text[:cut])
+        return decode_quoted_printable(text[:cut], at_end=False)
 
     def finish(self) -> bytes:
         carry, self._carry = self._carry, b""
@@ -331,7 +346,7 @@ class TransferDecoder:
                 carry = carry[:-1]  # as decode_transfer_encoding: a lone sextet is dropped
             return binascii.a2b_base64(carry + b"=" * (-len(carry) % 4)) if carry else b""
         if self.encoding == QUOTED_PRINTABLE:
-            return b"" if self._skipping else binascii.a2b_qp(carry)
+            return b"" if self._skipping else decode_quoted_printable(carry)
         return b""
 
 

@@ -79,8 +79,12 @@ log = logging.getLogger(__name__)
 #: The LISTEN/NOTIFY channel of mailbox changes.
 CHANNEL = "pymail_mailbox"
 
+#: `Mailbox.subscribed` is whether a subscription of that name exists (RFC 3501 section
+#: 6.3.6: subscriptions are names); `mailboxes.subscribed` is not read since step 5.
 _MAILBOX_COLUMNS = (
-    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
+    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq,"
+    " EXISTS (SELECT 1 FROM subscriptions s"
+    " WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name)"
 )
 _MESSAGE_COLUMNS = "mailbox_id, uid, blob_key, size, internal_date, flags, modseq"
 _UIDVALIDITY_MAX = 0xFFFFFFFF  # a 32-bit nz-number
@@ -266,6 +270,13 @@ class PostgresIndex:
             [n for n, _ in missing],
             [su for _, su in missing],
             uidvalidity,
+        )
+        # the default mailboxes start subscribed (a CREATE does not subscribe)
+        await conn.execute(
+            "INSERT INTO subscriptions (user_id, name) SELECT $1, unnest($2::text[])"
+            " ON CONFLICT DO NOTHING",
+            user_id,
+            [n for n, _ in missing],
         )
 
     # ------------------------------------------------------------------ mailboxes
@@ -464,6 +475,23 @@ class PostgresIndex:
             raise NotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0]), int(row[1])
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """See `Index.first_recent_uid`; the row lock makes the move atomic."""
+        if advance_to is None:
+            value = await self.db.fetchval(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = $1", mailbox_id)
+        else:
+            value = await self.db.execute_fetchval(
+                "UPDATE mailboxes m SET first_recent_uid = GREATEST(old.first_recent_uid, $2)"
+                " FROM (SELECT id, first_recent_uid FROM mailboxes WHERE id = $1 FOR UPDATE) old"
+                " WHERE m.id = old.id RETURNING old.first_recent_uid",
+                mailbox_id,
+                advance_to,
+            )
+        if value is None:
+            raise NotFound(f"no mailbox with id {mailbox_id}")
+        return int(value)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         """Counts for STATUS/SELECT (one statement, one snapshot); `NotFound`."""
         row = await self.db.fetchrow(_STATUS, mailbox_id)
@@ -528,6 +556,13 @@ class PostgresIndex:
                 )
                 if moved != "UPDATE 0":
                     await self._bump(conn, source_id)
+                await conn.execute(
+                    "INSERT INTO subscriptions (user_id, name) SELECT $1, $2 WHERE EXISTS"
+                    " (SELECT 1 FROM subscriptions WHERE user_id = $1 AND name = 'INBOX')"
+                    " ON CONFLICT DO NOTHING",
+                    user_id,
+                    new_name,
+                )
                 return await self._fetch_mailbox(conn, target_id)
             boxes = [(r[0], r[1]) for r in rows if r[1] == old_name or r[1].startswith(prefix)]
             renamed = {i: new_name + n[len(old_name):] for i, n in boxes}
@@ -557,6 +592,22 @@ class PostgresIndex:
                 raise AlreadyExists(f"mailbox {new_name!r} exists") from None
             for i in sorted(renamed):
                 await self._bump(conn, i)
+            # the subscriptions of the renamed mailboxes move along (all removed first:
+            # no new name is an old one, check_rename and `taken` saw to that)
+            names = dict(boxes)
+            moved_names = await conn.fetch(
+                "DELETE FROM subscriptions WHERE user_id = $1 AND name = ANY($2::text[])"
+                " RETURNING name",
+                user_id,
+                [names[i] for i in renamed],
+            )
+            new_names = {names[i]: n for i, n in renamed.items()}
+            await conn.execute(
+                "INSERT INTO subscriptions (user_id, name) SELECT $1, unnest($2::text[])"
+                " ON CONFLICT DO NOTHING",
+                user_id,
+                [new_names[r[0]] for r in moved_names],
+            )
             return await self._fetch_mailbox(conn, source_id)
 
         return await self.db.run(tx)
@@ -592,15 +643,38 @@ class PostgresIndex:
         await self.db.run(tx)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
-        """`NotFound` if there is no such mailbox."""
-        found = await self.db.execute_fetchval(
-            "UPDATE mailboxes SET subscribed = $3 WHERE user_id = $1 AND name = $2 RETURNING id",
-            user_id,
-            mailbox_name(name),
-            bool(subscribed),
+        """See `Index.set_subscribed`: subscriptions are names."""
+        stored_name = mailbox_name(name)
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM mailboxes WHERE user_id = $1 AND name = $2", user_id, stored_name
+            ) is not None
+            if subscribed:
+                if not exists:
+                    raise NotFound(f"no mailbox {stored_name!r}")
+                await conn.execute(
+                    "INSERT INTO subscriptions (user_id, name) VALUES ($1, $2)"
+                    " ON CONFLICT DO NOTHING",
+                    user_id,
+                    stored_name,
+                )
+                return
+            removed = await conn.fetchval(
+                "DELETE FROM subscriptions WHERE user_id = $1 AND name = $2 RETURNING 1",
+                user_id,
+                stored_name,
+            )
+            if removed is None and not exists:
+                raise NotFound(f"no mailbox {stored_name!r}")
+
+        await self.db.run(tx)
+
+    async def list_subscriptions(self, user_id: int) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT name FROM subscriptions WHERE user_id = $1", user_id
         )
-        if found is None:
-            raise NotFound(f"no mailbox {mailbox_name(name)!r}")
+        return sorted(r[0] for r in rows)  # code point order, whatever the collation
 
     async def store_flags(
         self,

@@ -11,6 +11,8 @@ Tables (the same as the SQLite backend's, in PostgreSQL types):
   (`PostgresBanStore`), shared by every node;
 * `queue_messages` and `queue_recipients`: the outbound queue (`PostgresQueueStore`,
   pymail.store.queue), shared by every node;
+* `subscriptions`: the mailbox names each user subscribed to (IMAP SUBSCRIBE), which
+  may outlive their mailbox;
 * `pymail_schema_migrations (version, applied_at)`: which steps below have been applied.
 
 Invariants:
@@ -279,11 +281,40 @@ _QUEUE = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 5
+
+#: Subscriptions are names, not mailboxes (RFC 3501 sections 6.3.4 and 6.3.6; RFC 5258
+#: section 3.1 \\NonExistent), as in SQLite step 6; `mailboxes.subscribed` is no
+#: longer read or written.
+_SUBSCRIPTIONS = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS subscriptions (
+        user_id INTEGER NOT NULL REFERENCES virtual_users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (user_id, name)
+    )""",
+    "INSERT INTO subscriptions (user_id, name)"
+    " SELECT user_id, name FROM mailboxes WHERE subscribed ON CONFLICT DO NOTHING",
+)
+
+
+# --------------------------------------------------------------------------- step 6
+
+#: \\Recent (RFC 3501 section 2.3.2), as in SQLite step 7: `mailboxes.first_recent_uid`
+#: is the lowest UID no session that selected the mailbox has taken as \\Recent yet.
+_RECENT = _statements(
+    "ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS first_recent_uid BIGINT NOT NULL DEFAULT 1",
+    "UPDATE mailboxes SET first_recent_uid = uidnext",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "auth: failed logins and bans", _BANS),
     Migration(4, "queue: outbound messages and recipients", _QUEUE),
+    Migration(5, "imap: subscriptions by name, kept when the mailbox goes", _SUBSCRIPTIONS),
+    Migration(6, "imap: \\Recent watermark per mailbox", _RECENT),
 )
 
 _MIGRATIONS_TABLE = """

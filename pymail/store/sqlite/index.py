@@ -61,8 +61,12 @@ from pymail.store.sqlite.database import (
 
 __all__ = ["SqliteChangeStream", "SqliteIndex"]
 
+#: `Mailbox.subscribed` is whether a subscription of that name exists (RFC 3501 section
+#: 6.3.6: subscriptions are names); `mailboxes.subscribed` is not read since step 6.
 _MAILBOX_COLUMNS = (
-    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
+    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq,"
+    " EXISTS (SELECT 1 FROM subscriptions s"
+    " WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name)"
 )
 _MESSAGE_COLUMNS = "mailbox_id, uid, blob_key, size, internal_date, flags, modseq"
 _UIDVALIDITY_MAX = 0xFFFFFFFF  # a 32-bit nz-number
@@ -165,6 +169,9 @@ class SqliteIndex:
             uidvalidity = self._next_uidvalidity(conn)
             for name, special_use in missing:
                 self._insert_mailbox(conn, user_id, name, special_use, uidvalidity)
+                # the default mailboxes start subscribed (a CREATE does not subscribe)
+                conn.execute("INSERT OR IGNORE INTO subscriptions (user_id, name) VALUES (?, ?)",
+                             (user_id, name))
 
     # ------------------------------------------------------------------ mailboxes
 
@@ -350,6 +357,29 @@ class SqliteIndex:
             raise NotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0]), int(row[1])
 
+    async def first_recent_uid(self, mailbox_id: int, advance_to: int | None = None) -> int:
+        """See `Index.first_recent_uid`; the single writer makes the move atomic."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            return int(row[0])
+
+        if advance_to is None:
+            return await self.db.read(read)
+
+        def job(conn: sqlite3.Connection) -> int:
+            before = read(conn)
+            if advance_to > before:
+                conn.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?",
+                             (advance_to, mailbox_id))
+            return before
+
+        return await self.db.write(job)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         """Counts for STATUS/SELECT; `NotFound` if the mailbox does not exist."""
 
@@ -413,6 +443,9 @@ class SqliteIndex:
                 ).rowcount
                 if moved:
                     self._bump(conn, source.id, change)
+                if source.subscribed:
+                    conn.execute("INSERT OR IGNORE INTO subscriptions (user_id, name) VALUES (?, ?)",
+                                 (user_id, new_name))
                 return self._require_mailbox(conn, target.id)
             prefix = old_name + "/"
             boxes = [(source.id, old_name)] + [
@@ -440,6 +473,16 @@ class SqliteIndex:
             for i, name in renamed.items():
                 conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (name, i))
                 self._bump(conn, i, change)
+            # the subscriptions of the renamed mailboxes move along (all removed first:
+            # no new name is an old one, check_rename and `taken` saw to that)
+            names = dict(boxes)
+            subscribed = [
+                renamed[i] for i in renamed
+                if conn.execute("DELETE FROM subscriptions WHERE user_id = ? AND name = ?"
+                                " RETURNING 1", (user_id, names[i])).fetchall()
+            ]
+            conn.executemany("INSERT OR IGNORE INTO subscriptions (user_id, name) VALUES (?, ?)",
+                             [(user_id, n) for n in subscribed])
             return self._require_mailbox(conn, source.id)
 
         return await self.db.write(job)
@@ -464,18 +507,35 @@ class SqliteIndex:
         await self.db.write(job)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
-        """`NotFound` if there is no such mailbox."""
+        """See `Index.set_subscribed`: subscriptions are names."""
         stored_name = mailbox_name(name)
 
         def job(conn: sqlite3.Connection) -> None:
-            if not conn.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE user_id = ? AND name = ?"
-                " RETURNING id",
-                (bool(subscribed), user_id, stored_name),
-            ).fetchall():
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, stored_name)
+            ).fetchone() is not None
+            if subscribed:
+                if not exists:
+                    raise NotFound(f"no mailbox {stored_name!r}")
+                conn.execute("INSERT OR IGNORE INTO subscriptions (user_id, name) VALUES (?, ?)",
+                             (user_id, stored_name))
+                return
+            removed = conn.execute(
+                "DELETE FROM subscriptions WHERE user_id = ? AND name = ? RETURNING 1",
+                (user_id, stored_name),
+            ).fetchall()
+            if not removed and not exists:
                 raise NotFound(f"no mailbox {stored_name!r}")
 
         await self.db.write(job)
+
+    async def list_subscriptions(self, user_id: int) -> list[str]:
+        def query(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM subscriptions WHERE user_id = ?", (user_id,))
+            return sorted(name for (name,) in rows)  # code point order, as in PostgreSQL
+
+        return await self.db.read(query)
 
     async def store_flags(
         self,

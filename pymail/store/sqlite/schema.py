@@ -14,6 +14,8 @@ Tables:
   (`SqliteBanStore`), so every process on the file shares them;
 * `queue_messages` and `queue_recipients`: the outbound queue (`SqliteQueueStore`,
   pymail.store.queue), one row per queued message and one per recipient;
+* `subscriptions`: the mailbox names each user subscribed to (IMAP SUBSCRIBE), which
+  may outlive their mailbox;
 * `schema_migrations`: which steps below have been applied.
 
 Invariants:
@@ -272,12 +274,44 @@ _QUEUE = _statements(
 )
 
 
+# --------------------------------------------------------------------------- step 6
+
+#: Subscriptions are names, not mailboxes (RFC 3501 section 6.3.6: a subscription stays
+#: when its mailbox is deleted, section 6.3.4; RFC 5258 section 3.1 lists it as
+#: \\NonExistent).  The rows take over from `mailboxes.subscribed`, which is no longer
+#: read or written (kept: the seed rule never drops a column).
+_SUBSCRIPTIONS = _statements(
+    """
+    CREATE TABLE IF NOT EXISTS subscriptions (
+        user_id INTEGER NOT NULL REFERENCES virtual_users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (user_id, name)
+    ) WITHOUT ROWID""",
+    "INSERT OR IGNORE INTO subscriptions (user_id, name)"
+    " SELECT user_id, name FROM mailboxes WHERE subscribed",
+)
+
+
+# --------------------------------------------------------------------------- step 7
+
+#: \\Recent (RFC 3501 section 2.3.2): `mailboxes.first_recent_uid` is the lowest UID not
+#: yet seen by a session that selected the mailbox; the next SELECT (not EXAMINE) takes
+#: the messages from there as its \\Recent ones and moves it up to UIDNEXT (Dovecot's
+#: first_recent_uid).  The messages already stored are not recent.
+_RECENT = _statements(
+    "ALTER TABLE mailboxes ADD COLUMN first_recent_uid INTEGER NOT NULL DEFAULT 1",
+    "UPDATE mailboxes SET first_recent_uid = uidnext",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "directory: domains, virtual_users, virtual_aliases (the seed)", _directory),
     Migration(2, "index: sequences, mailboxes, message_blobs, messages", _INDEX),
     Migration(3, "index: mailbox change counter for the change feed", _CHANGES),
     Migration(4, "auth: failed logins and bans", _BANS),
     Migration(5, "queue: outbound messages and recipients", _QUEUE),
+    Migration(6, "imap: subscriptions by name, kept when the mailbox goes", _SUBSCRIPTIONS),
+    Migration(7, "imap: \\Recent watermark per mailbox", _RECENT),
 )
 
 
