@@ -259,8 +259,10 @@ def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
 
 # RFC 2045 section 6.7 rule 3: "any TAB (HT) or SPACE characters on an encoded line
 # MUST thus be followed on that line by a printable character"; trailing ones were
-# added by a transport and are deleted when decoding.
-_QP_TRAILING_BLANKS = re.compile(rb"[ \t]+(?=\r?\n)")
+# added by a transport and are deleted when decoding.  Blanks before a bare CR go too:
+# binascii.a2b_qp ends a line at a CR as at a LF ("=\r" is a soft break), and the
+# streaming decoder (pymail.proto.imap.sections) must give the same octets.
+_QP_TRAILING_BLANKS = re.compile(rb"[ \t]+(?=[\r\n])")
 _QP_FINAL_BLANKS = re.compile(rb"[ \t]+\Z")
 
 
