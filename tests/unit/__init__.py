@@ -1,0 +1,1 @@
+"""Unit tests: pure functions and sans-IO protocol machines, no servers."""
