@@ -174,3 +174,11 @@ def test_ordered_subject() -> None:
     forest = thread_messages("ORDEREDSUBJECT", conversation())
     assert format_threads(forest, lambda m: m.sequence) == b"(1 (2)(3)(4))(5 8)(6 7)"
     assert format_threads(forest, lambda m: m.uid) == b"(10 (20)(30)(40))(50 80)(60 70)"
+
+
+def test_collation_is_unicode_casemap() -> None:
+    from pymail.proto.imap.sort import collation_key
+    assert collation_key("café") == collation_key("CAFE\u0301")  # NFKD, titlecase
+    assert collation_key("①") == "1"  # compatibility decomposition
+    assert collation_key("_x") > collation_key("Zed")  # compared as titlecase: "_" > "Z"
+    assert collation_key("ǆ") == collation_key("ǅ")  # titlecase, not upper case

@@ -70,11 +70,20 @@ def decode_words(text: str) -> str:
         return text
 
 
+def _titlecase(char: str) -> str:
+    """The simple titlecase mapping of one character (UnicodeData.txt field 14): the
+    full mapping Python has, where it is one character (the simple one then)."""
+    title = char.title()
+    return title if len(title) == 1 else char
+
+
 def collation_key(text: str) -> str:
-    """i;unicode-casemap (RFC 5051 section 2) as a sort key: each character case folded
-    (Python's full case folding standing in for the titlecase mapping) between two
-    compatibility decompositions (NFKD)."""
-    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    """i;unicode-casemap (RFC 5051 section 2) as a sort key: each character replaced
+    by its titlecase mapping, then the whole fully decomposed (NFKD); keys compare by
+    code point, which is the UTF-8 octet order the collation compares in."""
+    if text.isascii():
+        return text.upper()  # titlecase is upper case in ASCII; NFKD changes nothing
+    return unicodedata.normalize("NFKD", "".join(map(_titlecase, text)))
 
 
 # RFC 5256 section 5 (ABNF): subj-blob = "[" *BLOBCHAR "]" *WSP, BLOBCHAR excludes [ ]
