@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pymail.mail.mime import Address
 
 __all__ = [
-    "SORT_CRITERIA", "MessageFacts", "base_subject", "sort_response", "collation_key", "decode_words",
+    "SORT_CRITERIA", "MessageFacts", "base_subject", "collation_key", "decode_words",
     "display_name", "extract_subject", "is_reply_or_forward", "sent_date", "sort_messages",
+    "sort_response",
 ]
 
 #: Sort keys (RFC 5256 section 3, RFC 5957 section 3); REVERSE is a prefix.

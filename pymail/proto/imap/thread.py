@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pymail.proto.imap.sort import (
-    MessageFacts, base_subject, collation_key, is_reply_or_forward, sent_date,
+    MessageFacts, base_subject, collation_key, extract_subject, sent_date,
 )
 
 __all__ = ["THREAD_ALGORITHMS", "Node", "format_threads", "thread_messages", "thread_response"]
@@ -168,7 +168,8 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
     def subject_of(node: Node) -> tuple[str, bool]:
         facts = node.first_message() if node.facts is None else node.facts
         subject = facts.subject if facts else None
-        return collation_key(base_subject(subject)), is_reply_or_forward(subject)
+        base, reply = extract_subject(subject)
+        return collation_key(base), reply
 
     # (5A/B) the subject table
     table: dict[str, Node] = {}
@@ -237,7 +238,8 @@ def format_threads(threads: list[Node], number: Callable[[MessageFacts], int]) -
             if len(node.children) == 1:
                 node = node.children[0]
                 continue
-            parts += ["".join(f"({members(child)})" for child in node.children)] if node.children else []
+            if node.children:
+                parts.append("".join(f"({members(child)})" for child in node.children))
             return " ".join(parts)
 
     return "".join(f"({members(root)})" for root in threads).encode("ascii")
