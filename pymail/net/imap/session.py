@@ -64,6 +64,7 @@ from pymail.net.imap.fetch import FetchCommand
 from pymail.net.imap.mailboxes import MailboxCommands
 from pymail.net.imap.refusals import NO_REPLY as _NoReply, Logout, Refusal as _No, bad as _bad
 from pymail.net.imap.search import SearchCommand
+from pymail.net.imap.sort import SortCommands
 from pymail.net.imap.watch import MailboxWatcher
 from pymail.net.listen import CLIENT_GONE
 from pymail.proto.imap import responses as r
@@ -93,6 +94,7 @@ BASE_CAPABILITIES = (
     "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
     "ESEARCH", "SEARCHRES", "CONDSTORE", "BINARY", "STATUS=SIZE", "QUOTA",
     "QUOTA=RES-STORAGE", "WITHIN",
+    "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT",  # RFC 5256
 )
 AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
 #: What ENABLE turns on (RFC 5161): CONDSTORE (RFC 7162 section 3.1) and IMAP4rev2
@@ -196,7 +198,8 @@ def _decode_name(name: str, *, utf8: bool = False) -> str:
     return name
 
 
-class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
+class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand,
+                  SortCommands):
     """One client's IMAP state.  Fields: ``state`` (RFC 3501 section 3), ``user`` once
     authenticated, ``selected`` in the selected state, ``auth_failures`` this connection."""
 
@@ -288,9 +291,11 @@ class ImapSession(MailboxCommands, FetchCommand, AppendCommand, SearchCommand):
             return
         text, code = result if isinstance(result, tuple) else (result or "Completed", None)
         if self.selected is not None:
-            # RFC 3501 section 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH (UID forms may)
+            # RFC 3501 section 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH (UID forms may);
+            # SORT and THREAD are searches too (RFC 5256 section 3)
             await self._report_changes_safely(
-                allow_expunge=command.uid or command.name not in ("FETCH", "STORE", "SEARCH"))
+                allow_expunge=command.uid
+                or command.name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self.send(r.tagged_status(command.tag, r.STATUS_OK, text, code))
 
     async def send(self, data: bytes) -> None:
@@ -931,4 +936,5 @@ ImapSession.HANDLERS.update({
     "COPY": ImapSession.cmd_copy, "MOVE": ImapSession.cmd_move,
     "SEARCH": ImapSession.cmd_search, "GETQUOTA": ImapSession.cmd_getquota,
     "GETQUOTAROOT": ImapSession.cmd_getquotaroot,
+    "SORT": ImapSession.cmd_sort, "THREAD": ImapSession.cmd_thread,  # RFC 5256
 })

@@ -26,7 +26,7 @@ from pymail.proto.imap.flags import canonical_flag
 from pymail.proto.imap.states import ALL_COMMANDS, UID_COMMANDS
 from pymail.proto.imap.types import (
     Append, Authenticate, Command, Copy, Enable, Expunge, Fetch, FetchAttribute, GetQuota,
-    Id, List, Login, Lsub, MailboxName, Rename, Search, SearchKey, Section, Select,
+    Id, List, Login, Lsub, MailboxName, Rename, Search, SearchKey, Section, Select, Sort, Thread,
     SequenceSet, Status, Store,
 )
 
@@ -821,6 +821,57 @@ def _parse_search(c: _Cursor) -> Search:
     return Search(SearchKey("AND", tuple(keys)), charset, return_options)
 
 
+_SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
+              "DISPLAYFROM", "DISPLAYTO"}  # RFC 5256 section 3, RFC 5957 section 3
+
+
+def _search_criteria(c: _Cursor, return_options: tuple[str, ...] | None) -> Search:
+    # search-criteria = charset 1*(SP search-key) (RFC 5256 section 5: charset required)
+    charset = c.astring().upper()
+    keys = []
+    while c.accept(b" "):
+        keys.append(_search_key(c, 1))
+    if not keys:
+        raise _SyntaxError("expected search key")
+    return Search(SearchKey("AND", tuple(keys)), charset, return_options)
+
+
+def _parse_sort(c: _Cursor) -> Sort:
+    # sort = ["UID" SP] "SORT" [search-return-opts] SP sort-criteria SP search-criteria
+    # (RFC 5256 section 5; RETURN from RFC 5267 section 3 ESORT)
+    c.sp()
+    return_options = None
+    if c.accept_word(b"RETURN"):
+        c.sp()
+        return_options = c.paren_list(lambda: c.atom().upper())
+        if any(o not in _SEARCH_RETURN_OPTIONS for o in return_options):
+            raise _SyntaxError("bad return option")
+        c.sp()
+    words = c.paren_list(lambda: c.atom().upper())
+    criteria = []
+    reverse = False
+    for word in words:  # sort-criterion = ["REVERSE" SP] sort-key
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if word not in _SORT_KEYS:
+            raise _SyntaxError("bad sort criterion")
+        criteria.append((word, reverse))
+        reverse = False
+    if reverse or not criteria:
+        raise _SyntaxError("bad sort criteria")
+    c.sp()
+    return Sort(tuple(criteria), _search_criteria(c, return_options))
+
+
+def _parse_thread(c: _Cursor) -> Thread:
+    # thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria (RFC 5256 section 5)
+    c.sp()
+    algorithm = c.atom().upper()
+    c.sp()
+    return Thread(algorithm, _search_criteria(c, None))
+
+
 _PARSERS = {
     "CAPABILITY": _parse_no_arguments, "NOOP": _parse_no_arguments,
     "LOGOUT": _parse_no_arguments, "STARTTLS": _parse_no_arguments,
@@ -835,7 +886,7 @@ _PARSERS = {
     "STATUS": _parse_status, "APPEND": _parse_append, "ENABLE": _parse_enable,
     "ID": _parse_id, "GETQUOTA": _parse_getquota,
     "FETCH": _parse_fetch, "STORE": _parse_store, "COPY": _parse_copy, "MOVE": _parse_copy,
-    "SEARCH": _parse_search,
+    "SEARCH": _parse_search, "SORT": _parse_sort, "THREAD": _parse_thread,
 }
 assert set(_PARSERS) | {"EXPUNGE"} == ALL_COMMANDS
 

@@ -34,6 +34,7 @@ AUTHENTICATED_COMMANDS = ANY_STATE_COMMANDS | {
 # RFC 3501 section 6.4: the authenticated commands plus the per-mailbox ones.
 SELECTED_COMMANDS = AUTHENTICATED_COMMANDS | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
+    "SORT", "THREAD",  # RFC 5256
 }
 
 COMMANDS_BY_STATE: Mapping[ConnectionState, frozenset[str]] = {
@@ -44,7 +45,9 @@ COMMANDS_BY_STATE: Mapping[ConnectionState, frozenset[str]] = {
 }
 
 # Commands that take the UID prefix (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).
-UID_COMMANDS = frozenset({"COPY", "MOVE", "FETCH", "STORE", "SEARCH", "EXPUNGE"})
+UID_COMMANDS = frozenset({
+    "COPY", "MOVE", "FETCH", "STORE", "SEARCH", "EXPUNGE", "SORT", "THREAD",  # RFC 5256
+})
 
 ALL_COMMANDS = frozenset().union(*COMMANDS_BY_STATE.values())
 

@@ -241,6 +241,24 @@ class Search:
 
 
 @dataclass(frozen=True)
+class Sort:
+    """SORT (RFC 5256 section 3): ``criteria`` are (key, reverse) pairs, ``search`` the
+    search-criteria as SEARCH has them (the charset is required); ``return_options``
+    (RFC 5267 section 3 ESORT) is None without RETURN."""
+
+    criteria: tuple[tuple[str, bool], ...]
+    search: Search
+
+
+@dataclass(frozen=True)
+class Thread:
+    """THREAD (RFC 5256 section 3): the algorithm (upper case) and search-criteria."""
+
+    algorithm: str
+    search: Search
+
+
+@dataclass(frozen=True)
 class Expunge:
     """UID EXPUNGE (RFC 4315 section 2.1)."""
 
