@@ -93,6 +93,7 @@ BASE_CAPABILITIES = (
     "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
     "ESEARCH", "SEARCHRES", "CONDSTORE", "BINARY", "STATUS=SIZE", "QUOTA",
     "QUOTA=RES-STORAGE", "WITHIN",
+    "MULTIAPPEND",  # RFC 3502 (net/imap/append.py)
 )
 AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
 #: What ENABLE turns on (RFC 5161): CONDSTORE (RFC 7162 section 3.1) and IMAP4rev2
@@ -153,7 +154,8 @@ class Channel(Protocol):
         ...
 
     async def streamed_literal(self) -> MessageContent:
-        """The streamed literal of the APPEND being run (``Append.streamed``), complete;
+        """The next streamed literal of the APPEND being run (``Append.streamed``; in
+        order, MULTIAPPEND may stream several), complete;
         the session owns it from now on (``discard`` it when done)."""
         ...
 
