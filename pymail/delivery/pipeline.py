@@ -38,8 +38,9 @@ user's own mailbox, with the flags and internal date the client gave.  `deliver`
 no header to any content (the MX writes Return-Path and Received into the spool before
 the content), so an appended message is stored exactly as appended (RFC 3501 section
 6.3.11).  The quota and free-space refusals are the command's (``NO [OVERQUOTA]``),
-before `deliver`; a `StorageError` out of it is ``NO [UNAVAILABLE]``.  MULTIAPPEND (RFC 3502) hands its messages to
-`deliver_all` together: all their blobs, then one index transaction for all.
+before `deliver`; a `StorageError` out of it is ``NO [UNAVAILABLE]``.  MULTIAPPEND
+(RFC 3502) hands its messages to `deliver_all` together: all their blobs, then one
+index transaction for all.
 
 Signing (`Signer`, implemented by pymail.delivery.dkim): the outbound copy of mail from
 an authenticated user whose header From is in the user's domain or the envelope
@@ -317,7 +318,8 @@ class Pipeline:
             if edited is not message:
                 edited.discard()
 
-    async def deliver_all(self, items: Sequence[tuple[Transaction, LocalTarget]]) -> list[Delivered]:
+    async def deliver_all(
+            self, items: Sequence[tuple[Transaction, LocalTarget]]) -> list[Delivered]:
         """Several messages, each with one local target, made durable together
         (MULTIAPPEND, RFC 3502 section 3: all or none): every blob first, then ONE index
         transaction for all (`Index.deliver_many`), so the durability rule holds for the

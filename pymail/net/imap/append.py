@@ -1,8 +1,8 @@
 """APPEND (RFC 3501 section 6.3.11, RFC 3502 MULTIAPPEND, RFC 4315 APPENDUID, RFC 3516
-literal8, RFC 7889 APPENDLIMIT, RFC 9208 quota) as a part of `ImapSession` (a mixin: the session provides
-``store``, ``pipeline``, ``channel``, ``user``, ``user_id``, ``append_limit`` and
-``_name``), and `LiteralSpool`, where the connection puts a large APPEND literal while
-it arrives.
+literal8, RFC 7889 APPENDLIMIT, RFC 9208 quota) as a part of `ImapSession` (a mixin:
+the session provides ``store``, ``pipeline``, ``channel``, ``user``, ``user_id``,
+``append_limit`` and ``_name``), and `LiteralSpool`, where the connection puts a large
+APPEND literal while it arrives.
 
 Invariants:
 

@@ -136,8 +136,8 @@ class CommandReader:
 
     Fields: ``max_line`` bounds a command's text outside literals; ``max_literal`` a
     literal outside APPEND; ``max_append`` an APPEND literal; ``max_append_total`` an
-    APPEND's literal total (MULTIAPPEND); ``max_command_literals`` the literal total of any other command;
-    ``prelogin_literal`` the literal total of a command before ``logged_in()``;
+    APPEND's literal total (MULTIAPPEND); ``max_command_literals`` the literal total of
+    any other command; ``prelogin_literal`` the literal total of a command before ``logged_in()``;
     ``stream_literal_above`` the largest APPEND literal kept whole (None: all are);
     ``max_depth`` parenthesis/NOT/OR nesting.
     """
