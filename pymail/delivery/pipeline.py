@@ -38,7 +38,9 @@ user's own mailbox, with the flags and internal date the client gave.  `deliver`
 no header to any content (the MX writes Return-Path and Received into the spool before
 the content), so an appended message is stored exactly as appended (RFC 3501 section
 6.3.11).  The quota and free-space refusals are the command's (``NO [OVERQUOTA]``),
-before `deliver`; a `StorageError` out of it is ``NO [UNAVAILABLE]``.
+before `deliver`; a `StorageError` out of it is ``NO [UNAVAILABLE]``.  MULTIAPPEND
+(RFC 3502) hands its messages to `deliver_all` together: all their blobs, then one
+index transaction for all.
 
 Signing (`Signer`, implemented by pymail.delivery.dkim): the outbound copy of mail from
 an authenticated user whose header From is in the user's domain or the envelope
@@ -315,6 +317,29 @@ class Pipeline:
         finally:
             if edited is not message:
                 edited.discard()
+
+    async def deliver_all(
+            self, items: Sequence[tuple[Transaction, LocalTarget]]) -> list[Delivered]:
+        """Several messages, each with one local target, made durable together
+        (MULTIAPPEND, RFC 3502 section 3: all or none): every blob first, then ONE index
+        transaction for all (`Index.deliver_many`), so the durability rule holds for the
+        batch and a failure of any leaves none indexed (`StorageError`, `NotFound`; a
+        blob already put is left to the collector, as after a failed `deliver`).  No
+        inbound checks and no remote targets: this is for a client's own messages."""
+        blobs = []
+        for txn, _ in items:
+            if txn.message is None:
+                raise ValueError(f"{txn.queue_id}: no message content")
+            blobs.append(await self._store_blob(txn.message, parse=True))
+        stored = await self.store.index.deliver_many([
+            Delivery(blob_key=key, size=txn.message.size,
+                     internal_date=target.internal_date or txn.received_at, structure=structure,
+                     targets=(DeliveryTarget(target.user_id, target.mailbox, target.flags),))
+            for (txn, target), (key, structure) in zip(items, blobs, strict=True)
+            if txn.message is not None
+        ])
+        return [Delivered(txn.queue_id, key, s, [])
+                for (txn, _), (key, _s), s in zip(items, blobs, stored, strict=True)]
 
     async def _into_junk(self, targets: Sequence[Target]) -> list[Target]:
         """The local copies that would go to INBOX filed into the user's \\Junk

@@ -313,6 +313,12 @@ class Index(Protocol):
         order given; the result is in the same order."""
         ...
 
+    async def deliver_many(self, deliveries: Sequence[Delivery]) -> list[list[Stored]]:
+        """`deliver` for several blobs in ONE transaction: all are indexed or none is
+        (MULTIAPPEND, RFC 3502 section 3).  UIDs in one mailbox ascend in the order the
+        deliveries are given; one result list per delivery, in that order."""
+        ...
+
     async def list_messages(
         self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None
     ) -> list[MessageRecord]:

@@ -202,6 +202,49 @@ async def test_delivery_is_atomic(store: Store) -> None:
     assert ok.uid == 1
 
 
+async def test_deliver_many_is_one_transaction_in_order(
+    store: Store, harness: StoreHarness
+) -> None:
+    """MULTIAPPEND's batch (RFC 3502 section 3): several blobs, one commit, UIDs
+    ascending in the order given (APPENDUID's uid-set, RFC 4315 section 3)."""
+    (ann,) = await _users(store, "ann")
+    await store.index.ensure_default_mailboxes(ann.id)
+    (first,) = await store.index.deliver(await _delivery(store, b"before", DeliveryTarget(ann.id)))
+    batch = [
+        await _delivery(store, b"part %d" % i,
+                        DeliveryTarget(ann.id, "INBOX", frozenset({"\\Seen"} if i else ())))
+        for i in range(3)
+    ]
+    commits_before = harness.commits(store)
+    results = await store.index.deliver_many(batch)
+    if commits_before is not None:
+        assert harness.commits(store) - commits_before == 1
+    assert [[s.uid for s in r] for r in results] == [[2], [3], [4]]
+    records = await store.index.list_messages(first.mailbox_id)
+    assert [m.blob_key for m in records[1:]] == [d.blob_key for d in batch]
+    assert [m.flags for m in records[1:]] == [frozenset(), *[frozenset({"\\Seen"})] * 2]
+    inbox = await store.index.get_mailbox(ann.id, "INBOX")
+    assert inbox.uidnext == 5
+    assert await store.index.deliver_many([]) == []
+
+
+async def test_deliver_many_is_all_or_nothing(store: Store) -> None:
+    """A failing delivery in the batch (here: its user does not exist) rolls back the
+    ones before it (RFC 3502 section 3: "none of the messages are appended")."""
+    (ann,) = await _users(store, "ann")
+    await store.index.ensure_default_mailboxes(ann.id)
+    before = await store.index.get_mailbox(ann.id, "INBOX")
+    good = await _delivery(store, b"good", DeliveryTarget(ann.id))
+    bad = await _delivery(store, b"bad", DeliveryTarget(ann.id + 1000))
+    with pytest.raises(NotFound):
+        await store.index.deliver_many([good, good, bad])
+    assert await store.index.get_mailbox(ann.id, "INBOX") == before
+    assert await store.index.list_messages(before.id) == []
+    assert not await store.index.blob_referenced(good.blob_key)
+    (ok,) = await store.index.deliver(good)
+    assert ok.uid == 1
+
+
 async def test_failed_delivery_does_not_hurt_concurrent_ones(store: Store) -> None:
     (ann,) = await _users(store, "ann")
     nobody = DeliveryTarget(ann.id + 1000)

@@ -228,7 +228,8 @@ def test_a_nul_in_a_large_literal_is_refused_after_it_and_nothing_is_smuggled(se
 def test_large_append_limits_and_refusals(server: PymailServer) -> None:
     """APPENDLIMIT still refuses before the literal (``NO [TOOBIG]``, no ``+``); an
     APPEND to a missing mailbox and trailing junk after a streamed literal are refused
-    after it, with nothing stored and no spool file left."""
+    after it, with nothing stored and no spool file left; a literal behind a streamed
+    one is a second message (MULTIAPPEND), not a command."""
     before = len(server.inbox(BOB))
     wire = imaps(server, BOB)
     wire.send(b"t APPEND INBOX {%d}\r\n" % (200 * 1024 * 1024))
@@ -237,11 +238,15 @@ def test_large_append_limits_and_refusals(server: PymailServer) -> None:
     assert append(wire, "m", data, mailbox="Nowhere").startswith(b"m NO [TRYCREATE]")
     wire.send(b"j APPEND INBOX {%d+}\r\n" % len(data) + data + b" junk\r\n")
     assert wire.response("j").tagged.startswith(b"BAD"), "trailing text after the message"
-    # a second literal behind a streamed one is refused, and its octets are skipped
-    wire.send(b"k APPEND INBOX {%d+}\r\n" % len(data) + data + b" {20+}\r\nk2 DELETE INBOX\r\n123\r\n")
-    assert wire.response("k").tagged.startswith(b"BAD")
-    assert wire.command("z", "NOOP").tagged.startswith(b"OK")
     assert len(server.inbox(BOB)) == before
+    # a second literal behind a streamed one is the next message (MULTIAPPEND, RFC 3502):
+    # its octets are a message, never read as a command
+    wire.send(b"k APPEND INBOX {%d+}\r\n" % len(data) + data + b" {20+}\r\nk2 DELETE INBOX\r\n123\r\n")
+    answer = wire.response("k")
+    assert answer.lines == [answer.lines[-1]] and answer.tagged.startswith(b"OK [APPENDUID ")
+    assert answer.tagged.split(b"]")[0].endswith(b":%d" % (int(answer.tagged.split()[3].split(b":")[0]) + 1))
+    assert wire.command("z", "NOOP").tagged.startswith(b"OK")
+    assert len(server.inbox(BOB)) == before + 2
     assert spool_files(server) == []
     wire.close()
 

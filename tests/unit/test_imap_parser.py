@@ -464,3 +464,63 @@ def test_fuzz_valid_commands_any_chunking(line: bytes, cuts: list[int]) -> None:
     events += drain(reader)
     commands = [e for e in events if not isinstance(e, NeedContinuation)]
     assert [type(e) for e in commands] == [Command, Command]
+
+
+# -- MULTIAPPEND (RFC 3502 section 6) ------------------------------------------------------
+
+RFC3502_FIRST = (b"Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\n"
+                 b"From: Fred Foobar <foobar@Blurdybloop.example.COM>\r\n"
+                 b"Subject: afternoon meeting\r\n"
+                 b"To: mooch@owatagu.example.net\r\n"
+                 b"Message-Id: <B27397-0100000@Blurdybloop.example.COM>\r\n"
+                 b"MIME-Version: 1.0\r\n"
+                 b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n"
+                 b"\r\n"
+                 b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n")
+RFC3502_SECOND = (b"Date: Mon, 7 Feb 1994 22:43:04 -0800 (PST)\r\n"
+                  b"From: Joe Mooch <mooch@OWATAGU.example.net>\r\n"
+                  b"Subject: Re: afternoon meeting\r\n"
+                  b"To: foobar@blurdybloop.example.com\r\n"
+                  b"Message-Id: <a0434793874930@OWATAGU.example.net>\r\n"
+                  b"MIME-Version: 1.0\r\n"
+                  b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n"
+                  b"\r\n"
+                  b"3:30 is fine with me.\r\n")
+#: the shape of RFC 3502 section 3's example command (two messages with \Seen to
+#: saved-messages); the literal sizes are computed from the texts here
+RFC3502_COMMAND = (b"A003 APPEND saved-messages (\\Seen) {%d}\r\n" % len(RFC3502_FIRST)
+                   + RFC3502_FIRST + b" (\\Seen) {%d}\r\n" % len(RFC3502_SECOND)
+                   + RFC3502_SECOND + b"\r\n")
+
+
+def test_multiappend_rfc3502_example() -> None:
+    events = parse_all_ways(RFC3502_COMMAND)
+    assert events[:2] == [NeedContinuation("A003", len(RFC3502_FIRST)),
+                          NeedContinuation("A003", len(RFC3502_SECOND))]
+    (command,) = events[2:]
+    args = command.arguments
+    assert [(m.mailbox, m.flags, m.message) for m in args.messages] == [
+        ("saved-messages", ("\\Seen",), RFC3502_FIRST),
+        ("saved-messages", ("\\Seen",), RFC3502_SECOND)]
+    assert command.literal_bytes == len(RFC3502_FIRST) + len(RFC3502_SECOND)
+
+
+def test_multiappend_options_per_message() -> None:
+    command = one(b'a APPEND INBOX {1+}\r\nx "05-Mar-2024 10:01:02 +0100" {1+}\r\ny'
+                  b' (\\Flagged) ~{2+}\r\n\x00z\r\n')
+    first, second, third = command.arguments.messages
+    assert (first.flags, first.internal_date, first.message) == (None, None, b"x")
+    assert second.internal_date is not None and second.flags is None
+    assert (third.flags, third.binary, third.message) == (("\\Flagged",), True, b"\x00z")
+    assert third.more == () and second.more == ()
+
+
+@pytest.mark.parametrize("stream", [
+    b"a APPEND INBOX {1+}\r\nx \r\n",  # SP then nothing
+    b"a APPEND INBOX {1+}\r\nx  {1+}\r\ny\r\n",  # two SPs
+    b"a APPEND INBOX {1+}\r\nx (\\Seen)\r\n",  # options without the message
+    b"a APPEND INBOX {1+}\r\nx junk {1+}\r\ny\r\n",
+])
+def test_multiappend_malformed_is_bad(stream: bytes) -> None:
+    events = [e for e in parse_all_ways(stream) if not isinstance(e, NeedContinuation)]
+    assert len(events) == 1 and events[0][0] == "BadCommand", events

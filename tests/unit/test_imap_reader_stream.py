@@ -219,15 +219,65 @@ def test_trailing_text_after_a_streamed_literal_is_bad(chunks) -> None:
 
 @pytest.mark.parametrize("chunks", ways(b"k APPEND INBOX {%d+}\r\n" % len(LITERAL) + LITERAL
                                         + b" {17+}\r\nk2 DELETE INBOX\r\n\r\n" + TRAILER))
-def test_a_non_synchronising_literal_behind_a_streamed_one_is_skipped_and_bad(chunks) -> None:
-    assert summary(feed(chunks)) == ["data 3060", "k BAD Syntax error", "z9 NOOP"]
+def test_a_literal_behind_a_streamed_one_is_the_next_message(chunks) -> None:
+    # MULTIAPPEND (RFC 3502): the 17 octets are the second message, never a command
+    events = feed(chunks)
+    assert summary(events) == ["data 3060", "k APPEND", "z9 NOOP"]
+    (second,) = append_of(events).more
+    assert second.message == b"k2 DELETE INBOX\r\n" and not second.streamed
+
+
+@pytest.mark.parametrize("chunks", ways(b"k APPEND {%d}\r\n" % len(LITERAL) + TRAILER))
+def test_a_mailbox_name_above_the_threshold_is_bad_before_its_plus(chunks) -> None:
+    # only a message streams: the mailbox literal is refused unsent
+    assert summary(feed(chunks)) == ["k BAD Syntax error", "z9 NOOP"]
 
 
 @pytest.mark.parametrize("chunks", ways(b"k APPEND {%d+}\r\n" % len(LITERAL) + LITERAL
                                         + b" {17}\r\n" + TRAILER))
-def test_a_synchronising_literal_behind_a_streamed_one_is_bad_before_its_plus(chunks) -> None:
-    # the mailbox name was the large literal: the message literal is refused unsent
-    assert summary(feed(chunks)) == ["data 3060", "k BAD Syntax error", "z9 NOOP"]
+def test_a_non_synchronising_mailbox_name_above_the_threshold_is_skipped(chunks) -> None:
+    assert summary(feed(chunks)) == ["k BAD Syntax error", "z9 NOOP"]
+
+
+# -- MULTIAPPEND (RFC 3502): several literals, some streamed ------------------------------
+
+def test_multiappend_streams_every_large_literal_in_order() -> None:
+    second = LITERAL[::-1]
+    stream = (b"m APPEND INBOX (\\Seen) {%d}\r\n" % len(LITERAL) + LITERAL
+              + b" {%d+}\r\n" % len(second) + second + b" {3}\r\nabc\r\n" + TRAILER)
+    for chunks in ways(stream):
+        events = feed(chunks)
+        assert summary(events) == ["+ 3060", "data 6120", "+ 3", "m APPEND", "z9 NOOP"]
+        assert streamed(events) == LITERAL + second
+        sizes = [e.literal_size for e in events if isinstance(e, LiteralData)]
+        assert set(sizes) == {3060}
+        first = append_of(events)
+        assert [(m.flags, m.streamed, m.size) for m in first.messages] == [
+            (("\\Seen",), True, 3060), (None, True, 3060), (None, False, 3)]
+
+
+def test_multiappend_keeps_at_most_the_threshold_in_memory() -> None:
+    """Small literals are kept whole until together they would pass the threshold;
+    the later ones stream however small (the memory bound holds per command)."""
+    part = b"p" * 400
+    stream = b"m APPEND INBOX" + b"".join(b" {400+}\r\n" + part for _ in range(4)) + b"\r\n"
+    events = feed([stream])
+    assert [m.streamed for m in append_of(events).messages] == [False, False, True, True]
+    assert streamed(events) == part * 2
+
+
+def test_multiappend_limits_each_message_and_the_total() -> None:
+    r = reader(max_append=2000, max_append_total=3000)
+    one = b"x" * 1500
+    stream = (b"t APPEND INBOX {1500}\r\n" + one + b" {1500}\r\n" + one
+              + b" {2500}\r\n" + TRAILER)
+    assert summary(feed([stream], r)) == ["+ 1500", "data 1500", "+ 1500", "data 1500",
+                                         "t NO [TOOBIG] Message too large", "z9 NOOP"]
+    r = reader(max_append=2000, max_append_total=3000)
+    stream = (b"t APPEND INBOX {1500}\r\n" + one + b" {1501}\r\n" + TRAILER)
+    assert summary(feed([stream], r)) == ["+ 1500", "data 1500",
+                                         "t NO [TOOBIG] Message too large", "z9 NOOP"]
+    assert CommandReader(max_append=10).max_append_total == 40  # MULTIAPPEND_TOTAL_FACTOR
 
 
 def test_a_streamed_literal_over_appendlimit_is_still_refused_before_it_is_read() -> None:

@@ -27,7 +27,7 @@ from pymail.delivery.transaction import (
     Transaction,
 )
 from pymail.mail import trace
-from pymail.store import open_store
+from pymail.store import NotFound, open_store
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -205,6 +205,37 @@ def test_an_append_is_stored_as_given_in_its_mailbox_with_its_flags_and_date(tmp
         other = LocalTarget(alice.id, "INBOX")  # received_at, not the APPEND's date
         with pytest.raises(ValueError, match="different internal dates"):
             await pipeline.deliver(t, [target, other])
+
+    run(tmp_path, test)
+
+
+def test_deliver_all_stores_every_blob_then_one_index_commit(tmp_path: Path) -> None:
+    """MULTIAPPEND's batch (RFC 3502 section 3): every message's blob, then ONE index
+    transaction for all (one SQLite commit), UIDs in order; a failing target (no such
+    user) leaves none of them indexed."""
+    async def test(store, pipeline, signer) -> None:
+        alice = await store.directory.get_user("alice@example.test")
+        date = dt.datetime(2020, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
+        items = []
+        for n in range(3):
+            t = txn("", user=alice, service="imap")
+            t.message = content(BODY + b"part %d\r\n" % n)
+            items.append((t, LocalTarget(alice.id, "Drafts", frozenset({"\\Draft"}) if n else
+                                         frozenset(), date if n == 1 else None)))
+        commits = store.database.commits
+        delivered = await pipeline.deliver_all(items)
+        assert store.database.commits - commits == 1
+        assert [[s.uid for s in d.stored] for d in delivered] == [[1], [2], [3]]
+        drafts = await store.index.get_mailbox(alice.id, "Drafts")
+        records = await store.index.list_messages(drafts.id)
+        assert [await store.blobs.get(r.blob_key) for r in records] == [
+            t.message.data for t, _ in items]
+        assert [r.internal_date for r in records] == [T0, date, T0]
+        bad = txn("", user=alice, service="imap")
+        bad.message = content(b"Subject: x\r\n\r\nnever\r\n")
+        with pytest.raises(NotFound):
+            await pipeline.deliver_all([items[0], (bad, LocalTarget(alice.id + 1000, "INBOX"))])
+        assert len(await store.index.list_messages(drafts.id)) == 3
 
     run(tmp_path, test)
 

@@ -94,8 +94,9 @@ class ImapConnection(StreamConnection):
         super().__init__(service, reader, writer, tls=tls, client=client, connected_at=connected_at)
         self.imap = service
         self.commands = self._reader()
-        #: the streamed APPEND literal arriving, or arrived and not yet taken
-        self.literal: LiteralSpool | None = None
+        #: the streamed APPEND literals arriving, or arrived and not yet taken, in order
+        #: (MULTIAPPEND, RFC 3502, may stream several in one command)
+        self.literals: list[LiteralSpool] = []
         self.session = ImapSession(service.store, service.authenticator, self,
                                    starttls_available=not service.implicit_tls,
                                    append_limit=service.append_limit, watcher=service.watcher,
@@ -121,15 +122,14 @@ class ImapConnection(StreamConnection):
         self.commands.logged_in()
 
     async def streamed_literal(self) -> MessageContent:
-        literal, self.literal = self.literal, None
-        if literal is None:
+        if not self.literals:
             raise RuntimeError("no streamed literal for this APPEND")
-        return await literal.finish()
+        return await self.literals.pop(0).finish()
 
     def drop_literal(self) -> None:
-        """Drop a streamed literal no command took (and its spool file)."""
-        literal, self.literal = self.literal, None
-        if literal is not None:
+        """Drop the streamed literals no command took (and their spool files)."""
+        literals, self.literals = self.literals, []
+        for literal in literals:
             literal.discard()
 
     async def next_event(self, timeout: float | None = None) -> object:
@@ -143,10 +143,10 @@ class ImapConnection(StreamConnection):
                 raise
             if isinstance(event, LiteralData):
                 self.current = "APPEND"  # only an APPEND literal streams (for the log)
-                if self.literal is None:
+                if not self.literals or self.literals[-1].complete:  # the next literal
                     assert self.imap.spool is not None
-                    self.literal = LiteralSpool(self.imap.spool, event.literal_size)
-                await self.literal.write(event.data)
+                    self.literals.append(LiteralSpool(self.imap.spool, event.literal_size))
+                await self.literals[-1].write(event.data)
                 continue
             if event is CONNECTION_CLOSED:
                 self.drop_literal()

@@ -95,6 +95,7 @@ BASE_CAPABILITIES = (
     "ESEARCH", "SEARCHRES", "CONDSTORE", "BINARY", "STATUS=SIZE", "QUOTA",
     "QUOTA=RES-STORAGE", "WITHIN",
     "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT",  # RFC 5256
+    "MULTIAPPEND",  # RFC 3502 (net/imap/append.py)
 )
 AUTH_CAPABILITIES = ("SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
 #: What ENABLE turns on (RFC 5161): CONDSTORE (RFC 7162 section 3.1) and IMAP4rev2
@@ -155,7 +156,8 @@ class Channel(Protocol):
         ...
 
     async def streamed_literal(self) -> MessageContent:
-        """The streamed literal of the APPEND being run (``Append.streamed``), complete;
+        """The next streamed literal of the APPEND being run (``Append.streamed``; in
+        order, MULTIAPPEND may stream several), complete;
         the session owns it from now on (``discard`` it when done)."""
         ...
 

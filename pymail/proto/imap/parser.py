@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import dataclasses
 from dataclasses import dataclass
 
 from pymail.proto.imap import errors
@@ -535,10 +536,21 @@ def _parse_status(c: _Cursor) -> Status:
 
 
 def _parse_append(c: _Cursor) -> Append:
-    # append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
-    # (RFC 3501 section 6.3.11; literal8 RFC 3516 section 4.4)
+    # append = "APPEND" SP mailbox 1*append-message   (RFC 3502 section 6, MULTIAPPEND)
+    # append-message = append-opts SP append-data
+    # append-opts = [SP flag-list] [SP date-time]; append-data = literal / literal8
+    # (RFC 3501 section 6.3.11 is the one-message case; literal8 RFC 3516 section 4.4)
     c.sp()
     mailbox = c.mailbox()
+    messages = [_append_message(c, mailbox)]
+    while c.peek() == 0x20:  # another message (RFC 3502 section 3)
+        messages.append(_append_message(c, mailbox))
+    first = messages[0]
+    return dataclasses.replace(first, more=tuple(messages[1:])) if len(messages) > 1 else first
+
+
+def _append_message(c: _Cursor, mailbox: str) -> Append:
+    """SP [flag-list SP] [date-time SP] literal, as one `Append`."""
     c.sp()
     flags = None
     internal_date = None

@@ -19,8 +19,11 @@ Invariants:
   (``limits.spool_threshold``) does not keep an APPEND literal larger than that once
   logged in, but hands its octets out as they arrive, as ``LiteralData`` events (each
   at most what one ``receive_data`` brought); the ``Command`` that follows carries an
-  empty message with ``Append.streamed`` set.  Such a literal must be the command's last
-  item (a literal behind it is refused with ``BAD``, its octets skipped); a NUL in a
+  empty message with ``Append.streamed`` set.  MULTIAPPEND (RFC 3502) may stream several
+  literals of one command, one after the other (a new literal starts when the previous
+  one's ``literal_size`` octets have come); once the APPEND literals kept whole reach
+  ``stream_literal_above`` the later ones stream whatever their size, so one command
+  never holds more than that in memory.  A NUL in a
   streamed non-literal8 literal ends the ``LiteralData`` events, the rest of the
   command is consumed and refused with ``BAD`` as for a literal kept whole.  After any
   ``BadCommand`` or ``CONNECTION_CLOSED`` the ``LiteralData`` already handed out belong
@@ -28,7 +31,10 @@ Invariants:
 * A literal's size is checked before ``NeedContinuation`` is returned (RFC 3501 section
   7.5, RFC 7888 section 4): an over-size APPEND literal is refused with ``NO [TOOBIG]``,
   any other with ``BAD``; an over-size non-synchronising literal is fatal (BYE).  The
-  literals of one command other than APPEND total at most ``max_command_literals``.
+  literals of one command other than APPEND total at most ``max_command_literals``; an
+  APPEND literal is at most ``max_append`` (APPENDLIMIT) and all of one APPEND's literals
+  (MULTIAPPEND) at most ``max_append_total`` (default ``MULTIAPPEND_TOTAL_FACTOR`` times
+  ``max_append``), both ``NO [TOOBIG]`` before the ``+``.
 * Before login (a reader made with ``prelogin_literal``, until ``logged_in()``) the
   literals of one command total at most ``prelogin_literal`` octets, and a synchronising
   literal of a command not allowed before login is refused with the session's
@@ -62,6 +68,9 @@ DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_MAX_LITERAL = 64 * 1024  # literals outside APPEND (passwords, search strings)
 DEFAULT_MAX_APPEND = 50 * 1024 * 1024  # APPENDLIMIT (RFC 7889)
 DEFAULT_MAX_COMMAND_LITERALS = 1024 * 1024  # all literals of a command other than APPEND
+#: MULTIAPPEND (RFC 3502): all messages of one APPEND together, in APPENDLIMITs
+MULTIAPPEND_TOTAL_FACTOR = 4
+_APPEND_HEAD_RE = re.compile(rb"\A[^ ]* (?i:APPEND) \Z")  # the mailbox is the literal
 _TAG_HEAD_RE = re.compile(rb"\A([^ ]*)(?: ([^ ]*))?(?: ([^ ]*))?")
 
 
@@ -126,9 +135,9 @@ class CommandReader:
     """Incremental IMAP command reader; see the module docstring for the contract.
 
     Fields: ``max_line`` bounds a command's text outside literals; ``max_literal`` a
-    literal outside APPEND; ``max_append`` an APPEND literal (and an APPEND's literal
-    total); ``max_command_literals`` the literal total of any other command;
-    ``prelogin_literal`` the literal total of a command before ``logged_in()``;
+    literal outside APPEND; ``max_append`` an APPEND literal; ``max_append_total`` an
+    APPEND's literal total (MULTIAPPEND); ``max_command_literals`` the literal total of
+    any other command; ``prelogin_literal`` the literal total of a command before ``logged_in()``;
     ``stream_literal_above`` the largest APPEND literal kept whole (None: all are);
     ``max_depth`` parenthesis/NOT/OR nesting.
     """
@@ -137,10 +146,13 @@ class CommandReader:
                  max_append: int = DEFAULT_MAX_APPEND, max_depth: int = DEFAULT_MAX_DEPTH,
                  max_command_literals: int = DEFAULT_MAX_COMMAND_LITERALS,
                  prelogin_literal: int | None = None,
-                 stream_literal_above: int | None = None) -> None:
+                 stream_literal_above: int | None = None,
+                 max_append_total: int | None = None) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
         self.max_append = max_append
+        self.max_append_total = (max_append * MULTIAPPEND_TOTAL_FACTOR
+                                 if max_append_total is None else max_append_total)
         self.max_depth = max_depth
         self.max_command_literals = max_command_literals
         #: literal octets one command may carry before login; None once logged in
@@ -155,6 +167,7 @@ class CommandReader:
         self._literals: list[Literal] = []  # literals read so far for it
         self._line_total = 0  # bytes of fragments (outside literals)
         self._literal_total = 0
+        self._held_total = 0  # octets of this command's literals kept whole
         self._pending: tuple[int, bool] | None = None  # (size, binary) being awaited
         self._streaming: Literal | None = None  # the literal being handed out
         self._stream_left = 0  # its octets still to come
@@ -222,6 +235,7 @@ class CommandReader:
         self._literals = []
         self._line_total = 0
         self._literal_total = 0
+        self._held_total = 0
         self._pending = None
         self._streaming = None
         self._stream_left = 0
@@ -317,17 +331,20 @@ class CommandReader:
         if prelogin:
             limit = total = self.prelogin_literal
         elif name == "APPEND":
-            limit = total = self.max_append
+            limit, total = self.max_append, self.max_append_total
         else:
             limit, total = self.max_literal, self.max_command_literals
         too_big = size > limit or self._literal_total + size > total
-        streamed_before = any(lit.streamed for lit in self._literals)
+        # streamed: too large to keep, or (MULTIAPPEND) the literals kept would exceed that
         stream = (not prelogin and name == "APPEND" and self.stream_literal_above is not None
-                  and size > self.stream_literal_above)
+                  and self._held_total + size > self.stream_literal_above)
+        # only a message streams: a mailbox name that large is refused unread
+        mailbox_streamed = stream and not self._literals and _APPEND_HEAD_RE.match(
+            self._fragments[0]) is not None
         if not synchronising:
             if too_big:  # RFC 7888 section 4: the bytes are coming; we cannot resync
                 raise FatalProtocolError(errors.TEXT_FATAL_LITERAL)
-            if streamed_before:  # skip it unread, then BAD
+            if mailbox_streamed:  # skip it unread, then BAD
                 self._start_skip(errors.TEXT_SYNTAX, text)
                 self._begin_skip_literal(size)
                 return None
@@ -346,9 +363,9 @@ class CommandReader:
             # refuse before asking for the literal; the client will not send it
             self._reset_command()
             raise BadCommand(tag, errors.TEXT_UNKNOWN_COMMAND if tag != "*" else errors.TEXT_SYNTAX)
-        if streamed_before:  # nothing may follow a streamed literal
+        if mailbox_streamed:
             self._reset_command()
-            raise BadCommand(tag, errors.TEXT_SYNTAX, detail="literal after a streamed literal")
+            raise BadCommand(tag, errors.TEXT_SYNTAX, detail="mailbox name too long")
         self._begin_literal(size, binary, stream=stream)
         return NeedContinuation(tag, size)
 
@@ -358,6 +375,7 @@ class CommandReader:
             self._stream_left = size
         else:
             self._pending = (size, binary)
+            self._held_total += size
         self._literal_total += size
         self._literal_number += 1
 

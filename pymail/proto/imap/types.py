@@ -181,9 +181,18 @@ class Append:
     streamed: bool = False
     size: int = -1  #: the literal's octets (len(message) unless streamed)
 
+    #: MULTIAPPEND (RFC 3502 section 6): the messages after the first, each an `Append`
+    #: of the same mailbox (``more`` empty); all of them or none are appended.
+    more: tuple[Append, ...] = ()
+
     def __post_init__(self) -> None:
         if self.size < 0:
             object.__setattr__(self, "size", len(self.message))
+
+    @property
+    def messages(self) -> tuple[Append, ...]:
+        """Every message of the command, in order (the first is this one)."""
+        return (self, *self.more)
 
 
 @dataclass(frozen=True)

@@ -335,85 +335,102 @@ class PostgresIndex:
         A missing mailbox gets the user's default mailboxes created; if it is still missing
         the copy goes to INBOX.  `NotFound` (and nothing stored) if a target user does not
         exist.  Results are in target order."""
-        if delivery.size < 0:
-            raise ValueError(f"negative size {delivery.size}")
-        internal_date = aware(delivery.internal_date)
-        targets = [
-            (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
-        ]
-        queued = tuple(delivery.queued)
-        if not targets and not queued:
-            return []
-        user_ids = sorted({user_id for user_id, _, _ in targets})
-        names = sorted({name for _, name, _ in targets} | {"INBOX"})
+        (stored,) = await self.deliver_many((delivery,))
+        return stored
 
-        async def tx(conn: asyncpg.Connection) -> list[Stored]:
-            # the outbound queue's rows: the same transaction as the mailboxes'
-            await insert_queued(conn, queued)
-            if not targets:
-                return []
-            if len(targets) == 1:  # the common case: one statement
-                user_id, name, flags = targets[0]
-                try:
-                    row = await conn.fetchrow(
-                        _DELIVER_ONE,
-                        user_id,
-                        name,
-                        delivery.blob_key,
-                        delivery.size,
-                        delivery.structure,
-                        internal_date,
-                        flags,
-                    )
-                except asyncpg.ForeignKeyViolationError:
-                    raise _forgotten(delivery.blob_key) from None
-                if row is not None:
-                    return [Stored(user_id=user_id, mailbox_id=row[0], uid=row[1])]
-                # no such mailbox: nothing changed; the general way below
-            rows = await conn.fetch(
-                _INSERT_BLOB_AND_RESOLVE,
-                delivery.blob_key,
-                delivery.size,
-                delivery.structure,
-                user_ids,
-                names,
-            )
-            ids = {(r[0], r[1]): r[2] for r in rows}
-            lacking = sorted({u for u, name, _ in targets if (u, name) not in ids})
-            if lacking:
-                for user_id in lacking:  # ascending: a canonical lock order
-                    await self._ensure_defaults(conn, user_id)  # NotFound for no user
-                rows = await conn.fetch(_RESOLVE, lacking, names)
-                ids.update({(r[0], r[1]): r[2] for r in rows})
-            mailbox_ids = []
-            for user_id, name, _ in targets:
-                mailbox_id = ids.get((user_id, name)) or ids.get((user_id, "INBOX"))
-                if mailbox_id is None:  # cannot happen: the defaults include INBOX
-                    raise StorageError(f"user {user_id} has no INBOX")
-                mailbox_ids.append(mailbox_id)
+    async def deliver_many(self, deliveries: Sequence[Delivery]) -> list[list[Stored]]:
+        """`deliver` for several blobs in ONE transaction (MULTIAPPEND, RFC 3502 section
+        3: all or none); the UIDs of one mailbox ascend in the order given.  One result
+        list per delivery."""
+        jobs = []
+        for delivery in deliveries:
+            if delivery.size < 0:
+                raise ValueError(f"negative size {delivery.size}")
+            targets = [
+                (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags))
+                for t in delivery.targets
+            ]
+            jobs.append((delivery, aware(delivery.internal_date), targets,
+                         tuple(delivery.queued)))
+        if not any(targets or queued for _, _, targets, queued in jobs):
+            return [[] for _ in jobs]
 
-            stored: list[Stored | None] = [None] * len(targets)
-            # Lock (bump) mailboxes in ascending id order: no deadlock between deliveries.
-            for i in sorted(range(len(targets)), key=lambda i: (mailbox_ids[i], i)):
-                user_id, _, flags = targets[i]
-                try:
-                    row = await conn.fetchrow(
-                        _TAKE_UID_AND_STORE,
-                        mailbox_ids[i],
-                        delivery.blob_key,
-                        delivery.size,
-                        internal_date,
-                        flags,
-                    )
-                except asyncpg.ForeignKeyViolationError:
-                    raise _forgotten(delivery.blob_key) from None
-                if row is None:  # the mailbox went away since it was resolved
-                    await self._require_user(conn, user_id)
-                    raise StorageError(f"mailbox {mailbox_ids[i]} vanished; retry")
-                stored[i] = Stored(user_id=user_id, mailbox_id=mailbox_ids[i], uid=row[0])
-            return [s for s in stored if s is not None]
+        async def tx(conn: asyncpg.Connection) -> list[list[Stored]]:
+            return [await self._deliver_in(conn, d, when, targets, queued)
+                    for d, when, targets, queued in jobs]
 
         return await self.db.run(tx)
+
+    async def _deliver_in(self, conn: asyncpg.Connection, delivery: Delivery,
+                          internal_date, targets: list[tuple[int, str, str]],
+                          queued: tuple) -> list[Stored]:
+        """The rows of one delivery, inside the caller's transaction."""
+        user_ids = sorted({user_id for user_id, _, _ in targets})
+        names = sorted({name for _, name, _ in targets} | {"INBOX"})
+        # the outbound queue's rows: the same transaction as the mailboxes'
+        await insert_queued(conn, queued)
+        if not targets:
+            return []
+        if len(targets) == 1:  # the common case: one statement
+            user_id, name, flags = targets[0]
+            try:
+                row = await conn.fetchrow(
+                    _DELIVER_ONE,
+                    user_id,
+                    name,
+                    delivery.blob_key,
+                    delivery.size,
+                    delivery.structure,
+                    internal_date,
+                    flags,
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise _forgotten(delivery.blob_key) from None
+            if row is not None:
+                return [Stored(user_id=user_id, mailbox_id=row[0], uid=row[1])]
+            # no such mailbox: nothing changed; the general way below
+        rows = await conn.fetch(
+            _INSERT_BLOB_AND_RESOLVE,
+            delivery.blob_key,
+            delivery.size,
+            delivery.structure,
+            user_ids,
+            names,
+        )
+        ids = {(r[0], r[1]): r[2] for r in rows}
+        lacking = sorted({u for u, name, _ in targets if (u, name) not in ids})
+        if lacking:
+            for user_id in lacking:  # ascending: a canonical lock order
+                await self._ensure_defaults(conn, user_id)  # NotFound for no user
+            rows = await conn.fetch(_RESOLVE, lacking, names)
+            ids.update({(r[0], r[1]): r[2] for r in rows})
+        mailbox_ids = []
+        for user_id, name, _ in targets:
+            mailbox_id = ids.get((user_id, name)) or ids.get((user_id, "INBOX"))
+            if mailbox_id is None:  # cannot happen: the defaults include INBOX
+                raise StorageError(f"user {user_id} has no INBOX")
+            mailbox_ids.append(mailbox_id)
+
+        stored: list[Stored | None] = [None] * len(targets)
+        # Lock (bump) mailboxes in ascending id order: no deadlock between deliveries.
+        for i in sorted(range(len(targets)), key=lambda i: (mailbox_ids[i], i)):
+            user_id, _, flags = targets[i]
+            try:
+                row = await conn.fetchrow(
+                    _TAKE_UID_AND_STORE,
+                    mailbox_ids[i],
+                    delivery.blob_key,
+                    delivery.size,
+                    internal_date,
+                    flags,
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise _forgotten(delivery.blob_key) from None
+            if row is None:  # the mailbox went away since it was resolved
+                await self._require_user(conn, user_id)
+                raise StorageError(f"mailbox {mailbox_ids[i]} vanished; retry")
+            stored[i] = Stored(user_id=user_id, mailbox_id=mailbox_ids[i], uid=row[0])
+        return [s for s in stored if s is not None]
 
     # ------------------------------------------------------------------ reading
 

@@ -223,54 +223,64 @@ class SqliteIndex:
         A missing mailbox gets the user's default mailboxes created; if it is still missing
         the copy goes to INBOX.  `NotFound` (and nothing stored) if a target user does not
         exist.  Results are in target order."""
-        if delivery.size < 0:
-            raise ValueError(f"negative size {delivery.size}")
-        internal_date = micros_from_datetime(delivery.internal_date)
-        targets = [
-            (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags)) for t in delivery.targets
-        ]
-        queued = tuple(delivery.queued)
-        if not targets and not queued:
-            return []
+        (stored,) = await self.deliver_many((delivery,))
+        return stored
 
-        def job(conn: sqlite3.Connection) -> list[Stored]:
-            # the outbound queue's rows first: the same transaction as the mailboxes'
-            insert_queued(conn, queued)
-            if not targets:
-                return []
-            conn.execute(
-                "INSERT OR IGNORE INTO message_blobs (blob_key, size, structure)"
-                " VALUES (?, ?, ?)",
-                (delivery.blob_key, delivery.size, delivery.structure),
-            )
-            change = self._next_change(conn)
-            stored: list[Stored] = []
-            for user_id, name, flags in targets:
-                slot = self._take_uid(conn, user_id, name, change)
-                if slot is None:
-                    self._ensure_defaults(conn, user_id)  # NotFound for an unknown user
-                    slot = self._take_uid(conn, user_id, name, change) or self._take_uid(
-                        conn, user_id, "INBOX", change
-                    )
-                    if slot is None:  # cannot happen: the defaults include INBOX
-                        raise StorageError(f"user {user_id} has no INBOX")
-                mailbox_id, uid, modseq = slot
-                conn.execute(
-                    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        mailbox_id,
-                        uid,
-                        delivery.blob_key,
-                        delivery.size,
-                        internal_date,
-                        flags,
-                        modseq,
-                    ),
-                )
-                stored.append(Stored(user_id=user_id, mailbox_id=mailbox_id, uid=uid))
-            return stored
+    async def deliver_many(self, deliveries: Sequence[Delivery]) -> list[list[Stored]]:
+        """`deliver` for several blobs in ONE durable transaction (MULTIAPPEND, RFC 3502
+        section 3: all or none): one write job, so a failure of any rolls back all; the
+        UIDs of one mailbox ascend in the order given.  One result list per delivery."""
+        jobs = []
+        for delivery in deliveries:
+            if delivery.size < 0:
+                raise ValueError(f"negative size {delivery.size}")
+            targets = [
+                (t.user_id, mailbox_name(t.mailbox), flags_to_text(t.flags))
+                for t in delivery.targets
+            ]
+            jobs.append((delivery, micros_from_datetime(delivery.internal_date), targets,
+                         tuple(delivery.queued)))
+        if not any(targets or queued for _, _, targets, queued in jobs):
+            return [[] for _ in jobs]
+
+        def job(conn: sqlite3.Connection) -> list[list[Stored]]:
+            return [self._deliver_in(conn, d, when, targets, queued)
+                    for d, when, targets, queued in jobs]
 
         return await self.db.write(job)
+
+    def _deliver_in(self, conn: sqlite3.Connection, delivery: Delivery, internal_date: int,
+                    targets: list[tuple[int, str, str]],
+                    queued: tuple) -> list[Stored]:
+        """The rows of one delivery, inside the caller's transaction."""
+        # the outbound queue's rows first: the same transaction as the mailboxes'
+        insert_queued(conn, queued)
+        if not targets:
+            return []
+        conn.execute(
+            "INSERT OR IGNORE INTO message_blobs (blob_key, size, structure)"
+            " VALUES (?, ?, ?)",
+            (delivery.blob_key, delivery.size, delivery.structure),
+        )
+        change = self._next_change(conn)
+        stored: list[Stored] = []
+        for user_id, name, flags in targets:
+            slot = self._take_uid(conn, user_id, name, change)
+            if slot is None:
+                self._ensure_defaults(conn, user_id)  # NotFound for an unknown user
+                slot = self._take_uid(conn, user_id, name, change) or self._take_uid(
+                    conn, user_id, "INBOX", change
+                )
+                if slot is None:  # cannot happen: the defaults include INBOX
+                    raise StorageError(f"user {user_id} has no INBOX")
+            mailbox_id, uid, modseq = slot
+            conn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, delivery.blob_key, delivery.size, internal_date, flags,
+                 modseq),
+            )
+            stored.append(Stored(user_id=user_id, mailbox_id=mailbox_id, uid=uid))
+        return stored
 
     @staticmethod
     def _next_change(conn: sqlite3.Connection) -> int:
